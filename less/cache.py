@@ -1,0 +1,118 @@
+"""Content-addressed artifact cache.
+
+Every artifact lives at ``<root>/<kind>/<key>/`` where ``key`` is a hash of exactly the config it
+depends on plus the keys of its inputs; that config is written beside it as ``key.json``. A builder
+writes into a private temporary directory which is renamed into place only when it finished, so a
+crashed build never leaves something that looks complete. A per-key file lock makes two jobs that
+need the same missing artifact build it once; the second waits and then reuses it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from less.errors import CacheMiss
+
+log = logging.getLogger(__name__)
+
+KEY_FILE = "key.json"
+
+
+def to_plain(obj: Any) -> Any:
+    if isinstance(obj, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(obj, resolve=True)
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def cache_key(kind: str, spec: dict[str, Any]) -> str:
+    """Stable short hash of a stage kind and the plain config it depends on."""
+    blob = json.dumps({"kind": kind, "spec": to_plain(spec)}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    kind: str
+    key: str
+    dir: Path
+    cached: bool
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class Cache:
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser().resolve()
+
+    def path(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    def lookup(self, kind: str, spec: dict[str, Any]) -> Artifact:
+        key = cache_key(kind, spec)
+        d = self.path(kind, key)
+        return Artifact(kind, key, d, d.is_dir())
+
+    def require(self, kind: str, spec: dict[str, Any], hint: str) -> Artifact:
+        art = self.lookup(kind, spec)
+        if not art.cached:
+            raise CacheMiss(f"{kind} artifact {art.key} is not in the cache ({art.dir}); {hint}")
+        return art
+
+    def get_or_build(
+        self, kind: str, spec: dict[str, Any], build: Callable[[Path], None]
+    ) -> Artifact:
+        """Return the artifact for ``spec``, building it with ``build(tmp_dir)`` if missing."""
+        key = cache_key(kind, spec)
+        final = self.path(kind, key)
+        if final.is_dir():
+            log.info("cache hit: %s/%s", kind, key)
+            return Artifact(kind, key, final, True)
+        with _file_lock(self.root / kind / f".{key}.lock"):
+            if final.is_dir():  # another job built it while we waited
+                log.info("cache hit: %s/%s (built by another job)", kind, key)
+                return Artifact(kind, key, final, True)
+            tmp = self.root / kind / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir(parents=True)
+            try:
+                write_json_atomic(tmp / KEY_FILE, {"kind": kind, "key": key, "spec": to_plain(spec)})
+                build(tmp)
+                os.rename(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        log.info("built: %s/%s", kind, key)
+        return Artifact(kind, key, final, False)

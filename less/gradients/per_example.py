@@ -1,0 +1,78 @@
+"""Exact per-example gradients of every trainable Linear weight from one batched backward pass.
+
+Forward hooks keep each trainable Linear's input activations x (B, T, in) and a tensor hook keeps
+the gradient of its output g (B, T, out); example b's weight gradient is then
+``sum_t g[b, t]^T x[b, t]``. The loss is the sum over examples of each example's mean token
+cross-entropy over its labelled tokens, so every example's gradient equals its batch-size-1
+gradient. Padded positions carry no label and, under the causal mask, influence no labelled
+position, so their output gradient is zero and they contribute nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from less.data.formats import IGNORE_INDEX
+
+
+def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean token cross-entropy per example over labelled (shifted) positions: shape (B,)."""
+    logits = logits[:, :-1].float()
+    labels = labels[:, 1:]
+    tok = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
+                          ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)
+    n = (labels != IGNORE_INDEX).sum(1)
+    if (n == 0).any():
+        raise ValueError("an example has no labelled token; drop it before taking gradients")
+    return tok.sum(1) / n
+
+
+class PerExampleGradients:
+    """Per-example gradients of a model's trainable parameters (all must be Linear weights)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        owners = {id(m.weight): m for m in model.modules() if isinstance(m, nn.Linear)}
+        self.names: list[str] = []
+        self.modules: list[nn.Linear] = []
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            mod = owners.get(id(p))
+            if mod is None:
+                raise ValueError(f"trainable parameter {name} is not a Linear weight; "
+                                 "per-example gradients support LoRA/Linear weights only")
+            self.names.append(name)
+            self.modules.append(mod)
+        self.shapes = [tuple(m.weight.shape) for m in self.modules]
+        self._acts: dict[int, torch.Tensor] = {}
+        self._gouts: dict[int, torch.Tensor] = {}
+        self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.modules)]
+
+    def _hook(self, i: int):
+        def hook(module, inputs, output):
+            if i in self._acts:
+                raise RuntimeError(f"{self.names[i]} ran twice in one forward; unsupported")
+            self._acts[i] = inputs[0].detach()
+            output.register_hook(lambda g: self._gouts.__setitem__(i, g.detach()))
+        return hook
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def __call__(self, input_ids, attention_mask, labels) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield (parameter index, per-example gradients of shape (B, out, in)) in parameter order."""
+        self._acts.clear()
+        self._gouts.clear()
+        with torch.enable_grad():
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            per_example_loss(logits, labels).sum().backward()
+        self.model.zero_grad(set_to_none=True)
+        for i in range(len(self.modules)):
+            x, g = self._acts.pop(i), self._gouts.pop(i)
+            yield i, torch.einsum("bto,bti->boi", g.float(), x.float())

@@ -1,0 +1,139 @@
+"""Loading base models and tokenizers: hub/local checkpoints, or the tiny Llama built locally.
+
+The tiny model (``model.kind: tiny``) is a small Llama-architecture network with a byte-level BPE
+tokenizer, both trained here on synthetic instruction text and cached under the config's key, so
+the embedded default needs no network. A randomly initialised network's gradients carry little
+about content, hence the short pretraining.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from less.cache import Cache, to_plain
+from less.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def model_spec(model_cfg: DictConfig) -> dict[str, Any]:
+    """What a model's identity depends on (used in downstream cache keys)."""
+    spec = to_plain(model_cfg)
+    spec.pop("name", None)  # a label only
+    return spec
+
+
+def _build_tiny(model_cfg: DictConfig, out: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from less.data.synthetic import pretraining_corpus
+
+    t = model_cfg.tiny
+    torch.manual_seed(t.seed)
+    corpus = pretraining_corpus(t.corpus_per_skill, seed=t.seed)
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    special = ["<unk>", "<s>", "</s>", "<pad>"]
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=t.vocab_size, special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>", pad_token="<pad>")
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads,
+        num_key_value_heads=t.num_heads, max_position_embeddings=t.max_length,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    if t.pretrain_steps > 0:
+        _pretrain(model, tok, corpus, t)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def _pretrain(model, tok, corpus: list[str], t: DictConfig) -> None:
+    """A short causal-LM pretraining on the corpus text (all tokens), with a cosine schedule."""
+    from tqdm.auto import tqdm
+
+    enc = [tok(s + tok.eos_token, add_special_tokens=False)["input_ids"][: t.max_length] for s in corpus]
+    g = torch.Generator().manual_seed(t.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=t.pretrain_lr, weight_decay=0.0)
+    model.train()
+    for step in tqdm(range(t.pretrain_steps), desc="pretrain tiny model", leave=False):
+        lr = t.pretrain_lr * 0.5 * (1 + math.cos(math.pi * step / t.pretrain_steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(len(enc), (t.pretrain_batch_size,), generator=g).tolist()
+        batch = [enc[i] for i in idx]
+        width = max(map(len, batch))
+        ids = torch.full((len(batch), width), tok.pad_token_id)
+        mask = torch.zeros_like(ids)
+        for r, seq in enumerate(batch):
+            ids[r, : len(seq)] = torch.tensor(seq)
+            mask[r, : len(seq)] = 1
+        labels = ids.masked_fill(mask == 0, -100)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    log.info("tiny model pretrained for %d steps, final loss %.3f", t.pretrain_steps, loss.item())
+    model.eval()
+
+
+def model_path(model_cfg: DictConfig, cache: Cache) -> str:
+    """A path or hub id from which ``from_pretrained`` loads this model (building the tiny one)."""
+    if model_cfg.kind == "tiny":
+        return str(cache.get_or_build("model", model_spec(model_cfg), lambda d: _build_tiny(model_cfg, d)).dir)
+    if model_cfg.kind == "hf":
+        if not model_cfg.get("path"):
+            raise ConfigError(f"model.path is empty for model {model_cfg.get('name')!r}")
+        return str(model_cfg.path)
+    raise ConfigError(f"model.kind must be 'tiny' or 'hf', got {model_cfg.kind!r}")
+
+
+def load_tokenizer(model_cfg: DictConfig, cache: Cache):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path(model_cfg, cache),
+                                        trust_remote_code=bool(model_cfg.trust_remote_code))
+    if tok.pad_token_id is None:  # Llama-2 ships none; padded positions never carry labels
+        tok.pad_token = tok.unk_token or tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def load_model(model_cfg: DictConfig, cache: Cache, device: torch.device):
+    from transformers import AutoModelForCausalLM
+
+    if model_cfg.dtype not in DTYPES:
+        raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {model_cfg.dtype!r}")
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path(model_cfg, cache), dtype=DTYPES[model_cfg.dtype],
+        trust_remote_code=bool(model_cfg.trust_remote_code),
+        attn_implementation=model_cfg.get("attn_implementation") or None)
+    return model.to(device)
+
+
+def lora_config(lora_cfg: DictConfig):
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_cfg.r, lora_alpha=lora_cfg.alpha,
+                      lora_dropout=lora_cfg.dropout, target_modules=list(lora_cfg.target_modules),
+                      bias="none")

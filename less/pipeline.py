@@ -1,0 +1,227 @@
+"""The LESS pipeline: prepare -> warmup -> datastore -> select -> train -> eval.
+
+Each stage's artifact is cached under a key of exactly the config it depends on plus its inputs'
+keys (see less.cache). ``stages=[...]`` runs a subset; a stage left out takes its artifact from the
+cache or fails naming the missing key. Every run writes ``results.json`` to Hydra's output
+directory and prints a short summary.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from less import stages as S
+from less.cache import Artifact, Cache, to_plain, write_json_atomic
+from less.data.sources import pool_spec, target_spec
+from less.errors import ConfigError, LessError
+from less.models import model_spec, resolve_device
+from less.tracking import NullTracker, make_tracker
+
+log = logging.getLogger(__name__)
+STAGES = ["prepare", "warmup", "datastore", "select", "train", "eval"]
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Entry point called by run.py. User errors become one line on stderr and exit code 2."""
+    try:
+        return Pipeline(cfg).run()
+    except LessError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def output_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+class Pipeline:
+    def __init__(self, cfg: DictConfig, out_dir: Path | None = None):
+        self.cfg = cfg
+        unknown = [s for s in cfg.stages if s not in STAGES]
+        if unknown:
+            raise ConfigError(f"stages: unknown stage(s) {unknown}; choose from {STAGES}")
+        self.out_dir = out_dir or output_dir()
+        self.cache = Cache(cfg.cache_dir)
+        self.device = resolve_device(cfg.device)
+        self.selector = cfg.selector if cfg.get("selector") else cfg.model
+        self.results: dict[str, Any] = {"stages": {}}
+        self.tracker = NullTracker()
+
+    # -- keys: exactly what each artifact depends on ------------------------------------------
+    def specs(self) -> dict[str, dict[str, Any]]:
+        c = self.cfg
+        ds = {k: v for k, v in to_plain(c.datastore).items() if k != "batch_size"}
+        sp: dict[str, dict[str, Any]] = {}
+        sp["prepare"] = {"pool": pool_spec(c.pool), "target": target_spec(c.target)}
+        sp["warmup"] = {"selector": model_spec(self.selector), "pool": pool_spec(c.pool),
+                        "warmup": to_plain(c.warmup), "seed": c.seed}
+        wkey = self.cache.lookup("warmup", sp["warmup"]).key
+        sp["pool_features"] = {"warmup": wkey, "pool": pool_spec(c.pool), "split": "pool", **ds}
+        sp["target_features"] = {"warmup": wkey, "target": target_spec(c.target), "split": "target",
+                                 **{k: v for k, v in ds.items() if k != "gradient_type"}}
+        sp["datastore"] = {"pool": self.cache.lookup("features", sp["pool_features"]).key,
+                           "target": self.cache.lookup("features", sp["target_features"]).key}
+        sp["select"] = {"datastore": self.cache.lookup("datastore", sp["datastore"]).key,
+                        "prepare": self.cache.lookup("prepare", sp["prepare"]).key,
+                        "target_skill": c.target.get("skill"), "selection": to_plain(c.selection)}
+        sp["train"] = {"model": model_spec(c.model), "select": self.cache.lookup("select", sp["select"]).key,
+                       "train": to_plain(c.train), "seed": c.seed}
+        sp["eval"] = {"train": self.cache.lookup("train", sp["train"]).key,
+                      "prepare": sp["select"]["prepare"], "eval": to_plain(c.eval),
+                      "model": model_spec(c.model), "seed": c.seed}
+        return sp
+
+    def stage(self, name: str, kind: str, spec: dict, build: Callable[[Path], Any]) -> Artifact:
+        """Build (or reuse) the artifact if ``name`` is to run, else require it in the cache."""
+        if name not in self.cfg.stages:
+            return self.cache.require(kind, spec, f"add '{name}' to stages to compute it")
+        t0 = time.time()
+        art = self.cache.get_or_build(kind, spec, build)
+        rec = self.results["stages"].setdefault(name, {"seconds": 0.0, "cached": True, "dir": str(art.dir)})
+        rec["seconds"] = round(rec["seconds"] + time.time() - t0, 3)
+        rec["cached"] = rec["cached"] and art.cached
+        rec.setdefault("key", art.key)
+        return art
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        c = self.cfg
+        from transformers import set_seed
+
+        set_seed(c.seed)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        sp = self.specs()
+        self.tracker = make_tracker(c.logger, OmegaConf.to_container(c, resolve=True), self.out_dir,
+                                    name=self.out_dir.name) if c.logger.name != "none" else NullTracker()
+        try:
+            self._run(sp)
+        finally:
+            self.tracker.finish()
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        return self.results
+
+    def _run(self, sp: dict[str, dict[str, Any]]) -> None:
+        c, dev = self.cfg, self.device
+        done: dict[str, Artifact] = {}
+
+        def get(name: str) -> Artifact:
+            """The artifact of stage ``name``: built if it is to run, else from the cache."""
+            if name not in done:
+                done[name] = builders[name]()
+            return done[name]
+
+        def datastore() -> Artifact:
+            if "datastore" not in c.stages:
+                return self.cache.require("datastore", sp["datastore"], "add 'datastore' to stages")
+            warm, prep = get("warmup"), get("prepare")
+            feats = {split: self.stage("datastore", "features", sp[f"{split}_features"],
+                                       lambda d, split=split: S.features(
+                                           c, self.selector, self.cache, warm.dir,
+                                           prep.dir / f"{split}.jsonl", split, d, dev))
+                     for split in ("pool", "target")}
+            final = self.cache.lookup("datastore", sp["datastore"]).dir
+            store = self.stage("datastore", "datastore", sp["datastore"], lambda d: S.datastore_manifest(
+                feats["pool"].dir, feats["target"].dir, d, final))
+            self.results["stages"]["datastore"]["dir"] = str(store.dir)
+            return store
+
+        builders: dict[str, Callable[[], Artifact]] = {
+            "prepare": lambda: self.stage("prepare", "prepare", sp["prepare"], lambda d: S.prepare(c, d)),
+            "warmup": lambda: self.stage("warmup", "warmup", sp["warmup"], lambda d: S.warmup(
+                c, self.selector, self.cache, get("prepare").dir, d, dev)),
+            "datastore": datastore,
+            "select": lambda: self.stage("select", "select", sp["select"], lambda d: S.select(
+                c, get("prepare").dir, get("datastore").dir, d)),
+            "train": lambda: self.stage("train", "train", sp["train"], lambda d: S.train(
+                c, self.cache, get("select").dir, d, dev)),
+            "eval": lambda: self.stage("eval", "eval", sp["eval"], lambda d: S.evaluate(
+                c, self.cache, get("prepare").dir, get("train").dir, d, dev)),
+        }
+        for name in STAGES:
+            if name in c.stages:
+                get(name)
+        self._collect(done)
+        self._finish()
+
+    # -- results, tracking, summary ------------------------------------------------------------
+    def _collect(self, done: dict[str, Artifact]) -> None:
+        r = self.results
+        if "prepare" in done:
+            r["data"] = json.loads((done["prepare"].dir / "data.json").read_text())
+        if "datastore" in done:
+            man = S.read_manifest(done["datastore"].dir)
+            pool_meta = json.loads((done["datastore"].dir / man["pool"] / "features.json").read_text())
+            r.setdefault("data", {}).setdefault("pool", {})["dropped"] = pool_meta["dropped"]
+        if "select" in done:
+            d = done["select"].dir
+            stats = json.loads((d / "selection.json").read_text())
+            r["selection"] = {**stats, "ranking": str(d / "ranking.csv"),
+                              "selected": str(d / "selected.jsonl")}
+            self._track_selection(d, stats)
+        if "eval" in done:
+            r["eval"] = json.loads((done["eval"].dir / "metrics.json").read_text())
+            self.tracker.log({f"eval/{t}/{m}": v for t, ms in r["eval"].items() for m, v in ms.items()})
+        self.tracker.log({f"stages/{n}/seconds": s["seconds"] for n, s in r["stages"].items()})
+
+    def _track_selection(self, d: Path, stats: dict[str, Any]) -> None:
+        t = self.tracker
+        t.summary({f"selection/{k}": v for k, v in stats.items()
+                   if isinstance(v, (int, float, str)) or v is None})
+        t.table("selection/by_source", ["source", "n"], [[k, v] for k, v in stats["by_source"].items()])
+        t.histogram("selection/scores", np.load(d / "scores.npy"))
+        with open(d / "ranking.csv") as fh:
+            rows = [line.rstrip("\n").split(",") for line in fh][1:101]
+        t.table("selection/top", ["rank", "id", "source", "score"],
+                [[int(a), b, c, float(s)] for a, b, c, s in rows])
+        t.artifact(f"ranking-{d.name}", "ranking", [d / "ranking.csv", d / "selection.json"])
+        t.artifact(f"selected-{d.name}", "selection", [d / "selected.jsonl"])
+
+    def _finish(self) -> None:
+        r = self.results
+        r["config"] = {"experiment": self.cfg.experiment, "model": self.cfg.model.name,
+                       "selector": self.selector.name, "pool": self.cfg.pool.name,
+                       "target": self.cfg.target.name, "stages": list(self.cfg.stages)}
+        r["wandb"] = {"mode": self.tracker.mode, "dir": self.tracker.dir}
+        write_json_atomic(self.out_dir / "results.json", r)
+        print(summary(r, self.out_dir / "results.json"))
+
+
+def summary(r: dict[str, Any], path: Path) -> str:
+    lines = ["", "== LESS run summary =="]
+    pool = r.get("data", {}).get("pool")
+    if pool:
+        lines.append(f"pool: {pool['n']} examples from {len(pool['by_source'])} sources"
+                     + (f"; dropped {pool['dropped']}" if pool.get("dropped") else ""))
+    tgt = r.get("data", {}).get("target")
+    if tgt:
+        lines.append(f"target: {tgt['name']}, {tgt['n']} examples in {len(tgt['by_subtask'])} subtasks")
+    sel = r.get("selection")
+    if sel:
+        lines.append(f"selected: {sel['n_selected']} of {sel['n_ranked']} ({sel['method']}, dim {sel['proj_dim']})")
+        if sel.get("target_share") is not None:
+            ratio = sel["target_share"] / sel["base_share"] if sel["base_share"] else float("nan")
+            lines.append(f"target skill '{sel['target_skill']}': {sel['target_share']:.1%} of the selection"
+                         f" vs {sel['base_share']:.1%} of the pool ({ratio:.1f}x)")
+    for task, ms in r.get("eval", {}).items():
+        lines.append(f"eval {task}: " + ", ".join(f"{m}={v:.4f}" for m, v in ms.items()
+                                                   if not m.endswith("stderr")))
+    for name, s in r["stages"].items():
+        lines.append(f"stage {name:<9} {s['seconds']:8.1f}s  {'cached' if s['cached'] else 'computed'}")
+    w = r.get("wandb", {})
+    lines.append(f"wandb: {w.get('mode')} run at {w.get('dir')}" if w.get("mode") else "wandb: off")
+    lines.append(f"results: {path}")
+    return "\n".join(lines)

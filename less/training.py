@@ -1,0 +1,119 @@
+"""LoRA (or full) fine-tuning with transformers' Trainer, shared by warmup and target training.
+
+Warmup keeps one checkpoint per epoch. Beside each HF checkpoint (adapter weights, ``optimizer.pt``
+keyed by integer index, scheduler state) this module writes ``less_checkpoint.json``: the epoch,
+that epoch's average learning rate, and the names of the parameters in the optimizer's index order,
+so the Adam moments can be matched to parameters by name whatever the optimizer's grouping.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+
+from less.cache import write_json_atomic
+from less.data.formats import IGNORE_INDEX, Encoded
+from less.errors import ConfigError
+
+log = logging.getLogger(__name__)
+CHECKPOINT_META = "less_checkpoint.json"
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    def __init__(self, enc: Encoded):
+        self.enc = enc
+
+    def __len__(self) -> int:
+        return len(self.enc)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return self.enc.item(i)
+
+
+class EpochLearningRates(TrainerCallback):
+    """Records the learning rate of every optimizer step and writes per-epoch metadata on save."""
+
+    def __init__(self) -> None:
+        self.step_lrs: list[float] = []
+        self.epoch_lrs: list[float] = []
+        self._epoch_start = 0
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kw):
+        self.step_lrs.append(float(optimizer.param_groups[0]["lr"]))
+
+    def on_epoch_end(self, args, state, control, **kw):
+        lrs = self.step_lrs[self._epoch_start:]
+        self.epoch_lrs.append(sum(lrs) / len(lrs) if lrs else 0.0)
+        self._epoch_start = len(self.step_lrs)
+
+    def on_save(self, args, state, control, model=None, optimizer=None, **kw):
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        names = {id(p): n for n, p in model.named_parameters()}
+        order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+        write_json_atomic(ckpt / CHECKPOINT_META, {
+            "epoch": len(self.epoch_lrs), "step": state.global_step,
+            "avg_lr": self.epoch_lrs[-1] if self.epoch_lrs else None,
+            "optimizer_param_names": order,
+            "betas": list(optimizer.param_groups[0].get("betas", (0.9, 0.999))),
+        })
+
+
+def collator(tokenizer):
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX,
+                                  return_tensors="pt")
+
+
+def grad_accumulation(cfg: DictConfig) -> int:
+    if cfg.batch_size % cfg.per_device_batch_size:
+        raise ConfigError(f"batch_size ({cfg.batch_size}) must be a multiple of "
+                          f"per_device_batch_size ({cfg.per_device_batch_size})")
+    return cfg.batch_size // cfg.per_device_batch_size
+
+
+def warmup_fraction(cfg: DictConfig) -> float:
+    if not 0 <= cfg.warmup_ratio < 1:
+        raise ConfigError(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    return float(cfg.warmup_ratio)
+
+
+def fit(model, tokenizer, enc: Encoded, cfg: DictConfig, out_dir: Path, seed: int,
+        save_every_epoch: bool, device: torch.device) -> dict[str, Any]:
+    """Train ``model`` on ``enc`` with Trainer; returns Trainer's metrics plus per-epoch LRs."""
+    lrs = EpochLearningRates()
+    args = TrainingArguments(
+        output_dir=str(out_dir),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=grad_accumulation(cfg),
+        learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=warmup_fraction(cfg),  # transformers 5: a value below 1 is a ratio
+        weight_decay=cfg.weight_decay,
+        bf16=bool(cfg.bf16),
+        gradient_checkpointing=bool(cfg.gradient_checkpointing),
+        save_strategy="epoch" if save_every_epoch else "no",
+        save_only_model=False,
+        logging_steps=max(1, cfg.get("logging_steps", 10)),
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        remove_unused_columns=False,
+        use_cpu=device.type == "cpu",
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=EncodedDataset(enc),
+                      data_collator=collator(tokenizer), callbacks=[lrs])
+    result = trainer.train()
+    return {"train_loss": result.training_loss, "steps": result.global_step,
+            "epoch_lrs": lrs.epoch_lrs}
+
+
+def read_checkpoint_meta(ckpt: Path) -> dict[str, Any]:
+    return json.loads((Path(ckpt) / CHECKPOINT_META).read_text())

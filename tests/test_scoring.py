@@ -1,0 +1,63 @@
+"""LESS scoring against a brute-force loop, and top-fraction selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from less.selection.scoring import checkpoint_weights, less_scores, top_indices
+
+
+def brute_force(pool, target, lrs, subtasks):
+    w = [x / sum(lrs) for x in lrs]
+    n = pool[0].shape[0]
+    scores = []
+    for z in range(n):
+        best = -np.inf
+        for s in dict.fromkeys(subtasks):
+            members = [j for j, t in enumerate(subtasks) if t == s]
+            total = 0.0
+            for j in members:
+                total += sum(w[i] * float(np.dot(pool[i][z], target[i][j])) for i in range(len(lrs)))
+            best = max(best, total / len(members))
+        scores.append(best)
+    return np.array(scores)
+
+
+def unit_rows(rng, n, d):
+    x = rng.normal(size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("chunk", [3, 1000])
+def test_less_scores_match_brute_force(chunk):
+    rng = np.random.default_rng(0)
+    lrs = [1.69e-5, 1.29e-5, 7.70e-6, 2.56e-6]
+    pool = [unit_rows(rng, 11, 8) for _ in lrs]
+    target = [unit_rows(rng, 7, 8) for _ in lrs]
+    subtasks = ["b", "a", "b", "c", "a", "b", "c"]  # unequal sizes, interleaved order
+    got, per_sub = less_scores(pool, target, checkpoint_weights(lrs), subtasks, chunk=chunk)
+    np.testing.assert_allclose(got, brute_force(pool, target, lrs, subtasks), rtol=1e-5, atol=1e-6)
+    assert per_sub.shape == (11, 3)
+
+
+def test_single_subtask_is_the_mean():
+    rng = np.random.default_rng(1)
+    pool, target = [unit_rows(rng, 5, 4)], [unit_rows(rng, 3, 4)]
+    got, _ = less_scores(pool, target, np.array([1.0]), ["x"] * 3)
+    np.testing.assert_allclose(got, (pool[0] @ target[0].T).mean(1), rtol=1e-6)
+
+
+def test_checkpoint_weights_renormalise():
+    np.testing.assert_allclose(checkpoint_weights([2.0, 6.0]), [0.25, 0.75])
+    with pytest.raises(ValueError):
+        checkpoint_weights([0.0, 0.0])
+
+
+def test_top_indices_fraction_k_and_ties():
+    scores = np.array([0.1, 0.9, 0.5, 0.9, -1.0, 0.3, 0.2, 0.0, 0.4, 0.6])
+    order, n = top_indices(scores, 0.2, None)
+    assert order.tolist()[:4] == [1, 3, 9, 2] and n == 2  # ties broken by index
+    assert top_indices(scores, None, 3)[1] == 3
+    assert top_indices(scores, 0.001, None)[1] == 1  # at least one
+    assert sorted(order.tolist()) == list(range(10))
