@@ -23,12 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 from less import stages as S
 from less.cache import Artifact, Cache, to_plain, write_json_atomic
 from less.data.sources import pool_spec, target_spec
-from less.errors import ConfigError, LessError
+from less.errors import LessError
 from less.models import model_spec, resolve_device
 from less.tracking import NullTracker, make_tracker
+from less.validate import STAGES, validate
 
 log = logging.getLogger(__name__)
-STAGES = ["prepare", "warmup", "datastore", "select", "train", "eval"]
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -49,9 +49,7 @@ def output_dir() -> Path:
 class Pipeline:
     def __init__(self, cfg: DictConfig, out_dir: Path | None = None):
         self.cfg = cfg
-        unknown = [s for s in cfg.stages if s not in STAGES]
-        if unknown:
-            raise ConfigError(f"stages: unknown stage(s) {unknown}; choose from {STAGES}")
+        validate(cfg)
         self.out_dir = out_dir or output_dir()
         self.cache = Cache(cfg.cache_dir)
         self.device = resolve_device(cfg.device)
@@ -136,7 +134,7 @@ class Pipeline:
             final = self.cache.lookup("datastore", sp["datastore"]).dir
             store = self.stage("datastore", "datastore", sp["datastore"], lambda d: S.datastore_manifest(
                 feats["pool"].dir, feats["target"].dir, d, final))
-            self.results["stages"]["datastore"]["dir"] = str(store.dir)
+            self.results["stages"]["datastore"].update(dir=str(store.dir), key=store.key)
             return store
 
         builders: dict[str, Callable[[], Artifact]] = {

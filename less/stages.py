@@ -48,8 +48,6 @@ def warmup(cfg: DictConfig, selector_cfg: DictConfig, cache: Cache, prepare_dir:
     from less.training import fit
 
     w = cfg.warmup
-    if not 0 < w.fraction <= 1:
-        raise ConfigError(f"warmup.fraction must be in (0, 1], got {w.fraction}")
     pool = read_examples(prepare_dir / "pool.jsonl")
     rng = np.random.default_rng(cfg.seed)
     n = max(1, int(round(w.fraction * len(pool))))
@@ -95,8 +93,6 @@ def features(cfg: DictConfig, selector_cfg: DictConfig, cache: Cache, warmup_dir
     from less.training import read_checkpoint_meta
 
     ds = cfg.datastore
-    if ds.gradient_type not in ("adam", "sgd"):
-        raise ConfigError(f"datastore.gradient_type must be adam or sgd, got {ds.gradient_type!r}")
     gtype = ds.gradient_type if split == "pool" else "sgd"
     dims = sorted({int(d) for d in ds.proj_dims})
     tok = load_tokenizer(selector_cfg, cache)
@@ -173,13 +169,7 @@ def read_manifest(datastore_dir: Path) -> dict[str, Any]:
 def select(cfg: DictConfig, prepare_dir: Path, datastore_dir: Path, out: Path) -> dict[str, Any]:
     from less.selection.scoring import checkpoint_weights, less_scores, top_indices
 
-    s = cfg.selection
-    if s.method != "less":
-        raise ConfigError(f"selection.method must be 'less', got {s.method!r}")
-    if s.k is None and not (s.fraction and 0 < s.fraction <= 1):
-        raise ConfigError(f"selection.fraction must be in (0, 1] (or set selection.k), got {s.fraction}")
-    if s.k is not None and int(s.k) < 1:
-        raise ConfigError(f"selection.k must be a positive integer, got {s.k}")
+    s = cfg.selection  # values checked up front by less.validate
     man = read_manifest(datastore_dir)
     dims = sorted({f["dim"] for f in man["files"]})
     dim = int(s.proj_dim) if s.proj_dim is not None else max(dims)
@@ -243,8 +233,6 @@ def train(cfg: DictConfig, cache: Cache, select_dir: Path, out: Path, device: to
     from less.training import fit
 
     t = cfg.train
-    if t.mode not in ("lora", "full"):
-        raise ConfigError(f"train.mode must be lora or full, got {t.mode!r}")
     tok = load_tokenizer(cfg.model, cache)
     enc = encode_examples(read_examples(select_dir / "selected.jsonl"), tok, t.max_length)
     if not len(enc):

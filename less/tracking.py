@@ -47,8 +47,6 @@ class WandbTracker(NullTracker):
 
         self._wandb = wandb
         mode = cfg.mode
-        if mode not in ("offline", "online", "disabled"):
-            raise ValueError(f"logger.mode must be offline, online or disabled, got {mode!r}")
         wdir = Path(cfg.dir) if cfg.get("dir") else run_dir
         wdir.mkdir(parents=True, exist_ok=True)
         settings = wandb.Settings(init_timeout=float(cfg.init_timeout), silent=True,

@@ -19,7 +19,6 @@ from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, Train
 
 from less.cache import write_json_atomic
 from less.data.formats import IGNORE_INDEX, Encoded
-from less.errors import ConfigError
 
 log = logging.getLogger(__name__)
 CHECKPOINT_META = "less_checkpoint.json"
@@ -69,19 +68,6 @@ def collator(tokenizer):
                                   return_tensors="pt")
 
 
-def grad_accumulation(cfg: DictConfig) -> int:
-    if cfg.batch_size % cfg.per_device_batch_size:
-        raise ConfigError(f"batch_size ({cfg.batch_size}) must be a multiple of "
-                          f"per_device_batch_size ({cfg.per_device_batch_size})")
-    return cfg.batch_size // cfg.per_device_batch_size
-
-
-def warmup_fraction(cfg: DictConfig) -> float:
-    if not 0 <= cfg.warmup_ratio < 1:
-        raise ConfigError(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
-    return float(cfg.warmup_ratio)
-
-
 def fit(model, tokenizer, enc: Encoded, cfg: DictConfig, out_dir: Path, seed: int,
         save_every_epoch: bool, device: torch.device) -> dict[str, Any]:
     """Train ``model`` on ``enc`` with Trainer; returns Trainer's metrics plus per-epoch LRs."""
@@ -90,10 +76,10 @@ def fit(model, tokenizer, enc: Encoded, cfg: DictConfig, out_dir: Path, seed: in
         output_dir=str(out_dir),
         num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.per_device_batch_size,
-        gradient_accumulation_steps=grad_accumulation(cfg),
+        gradient_accumulation_steps=cfg.batch_size // cfg.per_device_batch_size,  # checked up front
         learning_rate=cfg.lr,
         lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=warmup_fraction(cfg),  # transformers 5: a value below 1 is a ratio
+        warmup_steps=float(cfg.warmup_ratio),  # transformers 5: a value below 1 is a ratio
         weight_decay=cfg.weight_decay,
         bf16=bool(cfg.bf16),
         gradient_checkpointing=bool(cfg.gradient_checkpointing),

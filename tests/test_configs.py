@@ -41,3 +41,23 @@ def test_paper_settings():
     cfg = compose(["warmup=paper", "datastore=paper", "train=paper_full"])
     assert (cfg.warmup.lora.r, cfg.warmup.lora.alpha, cfg.warmup.lr, cfg.warmup.batch_size) == (128, 512, 2e-5, 128)
     assert list(cfg.datastore.proj_dims) == [8192] and cfg.train.mode == "full"
+
+
+@pytest.mark.parametrize("override,key", [
+    ("selection.k=0", "selection.k"),
+    ("selection.proj_dim=77", "selection.proj_dim"),
+    ("selection.checkpoints=[9]", "selection.checkpoints"),
+    ("datastore.gradient_type=rms", "datastore.gradient_type"),
+    ("datastore.proj_dims=[]", "datastore.proj_dims"),
+    ("warmup.fraction=0", "warmup.fraction"),
+    ("train.batch_size=7", "train.batch_size"),
+    ("train.mode=qlora", "train.mode"),
+    ("logger.mode=sometimes", "logger.mode"),
+])
+def test_bad_values_name_their_key(override, key):
+    from less.errors import ConfigError
+    from less.validate import validate
+
+    validate(compose())  # the default is valid
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(compose([override]))

@@ -1,0 +1,53 @@
+"""Up-front config checks, so a bad value fails before any stage runs (and names its key)."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from less.errors import ConfigError
+
+STAGES = ["prepare", "warmup", "datastore", "select", "train", "eval"]
+SELECTION_METHODS = ("less",)
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def validate(cfg: DictConfig) -> None:
+    unknown = [s for s in cfg.stages if s not in STAGES]
+    _check(not unknown, f"stages: unknown stage(s) {unknown}; choose from {STAGES}")
+    w, ds, s, t = cfg.warmup, cfg.datastore, cfg.selection, cfg.train
+    _check(0 < w.fraction <= 1, f"warmup.fraction must be in (0, 1], got {w.fraction}")
+    _check(w.epochs >= 1, f"warmup.epochs must be >= 1, got {w.epochs}")
+    for name, node in (("warmup", w), ("train", t)):
+        _check(0 <= node.warmup_ratio < 1, f"{name}.warmup_ratio must be in [0, 1), got {node.warmup_ratio}")
+        _check(node.batch_size % node.per_device_batch_size == 0,
+               f"{name}.batch_size ({node.batch_size}) must be a multiple of "
+               f"{name}.per_device_batch_size ({node.per_device_batch_size})")
+    _check(t.mode in ("lora", "full"), f"train.mode must be lora or full, got {t.mode!r}")
+    _check(ds.gradient_type in ("adam", "sgd"), f"datastore.gradient_type must be adam or sgd, got {ds.gradient_type!r}")
+    dims = list(ds.proj_dims)
+    _check(bool(dims) and all(isinstance(d, int) and d > 0 for d in dims),
+           f"datastore.proj_dims must be a non-empty list of positive integers, got {dims}")
+    _check(ds.dtype in ("float16", "float32"), f"datastore.dtype must be float16 or float32, got {ds.dtype!r}")
+    if ds.checkpoints is not None:
+        _check(all(1 <= e <= w.epochs for e in ds.checkpoints),
+               f"datastore.checkpoints {list(ds.checkpoints)} must be epochs in 1..{w.epochs}")
+    _check(s.method in SELECTION_METHODS, f"selection.method must be one of {SELECTION_METHODS}, got {s.method!r}")
+    if s.k is None:
+        _check(s.fraction is not None and 0 < s.fraction <= 1,
+               f"selection.fraction must be in (0, 1] (or set selection.k), got {s.fraction}")
+    else:
+        _check(isinstance(s.k, int) and s.k >= 1, f"selection.k must be a positive integer, got {s.k}")
+    if s.proj_dim is not None:
+        _check(s.proj_dim in dims, f"selection.proj_dim={s.proj_dim} is not in datastore.proj_dims {dims}")
+    if s.checkpoints is not None:
+        avail = list(ds.checkpoints) if ds.checkpoints is not None else list(range(1, w.epochs + 1))
+        _check(bool(s.checkpoints) and set(s.checkpoints) <= set(avail),
+               f"selection.checkpoints {list(s.checkpoints)} must be a subset of {avail}")
+    _check(cfg.logger.name in ("wandb", "none"), f"logger.name must be wandb or none, got {cfg.logger.name!r}")
+    if cfg.logger.name == "wandb":
+        _check(cfg.logger.mode in ("offline", "online", "disabled"),
+               f"logger.mode must be offline, online or disabled, got {cfg.logger.mode!r}")
