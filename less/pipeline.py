@@ -40,6 +40,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         sys.exit(2)
 
 
+def run_name(cfg: DictConfig, out_dir: Path) -> str:
+    """W&B run name: the experiment plus this job's overrides (e.g. ``default:selection.fraction=0.1``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = HydraConfig.get().job.override_dirname if HydraConfig.initialized() else ""
+    return f"{cfg.experiment}:{overrides or out_dir.name}"
+
+
 def output_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
@@ -102,7 +110,7 @@ class Pipeline:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         sp = self.specs()
         self.tracker = make_tracker(c.logger, OmegaConf.to_container(c, resolve=True), self.out_dir,
-                                    name=self.out_dir.name) if c.logger.name != "none" else NullTracker()
+                                    name=run_name(c, self.out_dir))
         try:
             self._run(sp)
         finally:

@@ -18,7 +18,7 @@ from less.cache import Cache, write_json_atomic
 from less.data import sources
 from less.data.formats import encode_examples, read_examples, write_jsonl
 from less.errors import ConfigError, DataError
-from less.models import load_model, load_tokenizer, lora_config
+from less.models import DTYPES, load_model, load_tokenizer, lora_config
 
 log = logging.getLogger(__name__)
 PACKAGE_TASKS = Path(__file__).parent / "tasks"
@@ -267,7 +267,9 @@ def evaluate(cfg: DictConfig, cache: Cache, prepare_dir: Path, train_dir: Path, 
     else:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(train_dir / "model").to(device)
+        model = AutoModelForCausalLM.from_pretrained(
+            train_dir / "model", dtype=DTYPES[cfg.model.dtype],
+            trust_remote_code=bool(cfg.model.trust_remote_code)).to(device)
     model.eval()
     # Tasks whose test data the target ships: a wrapper YAML points the package task at the file.
     task_dir = out / "tasks"

@@ -176,3 +176,31 @@ def test_bad_input_files_give_one_line_errors(case, tmp_path):
     assert len(err) == 1 and needle in err[0], proc.stderr[-2000:]
     _no_leftovers(tmp_path / "cache")
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_warmup_checkpoints_record_epoch_average_lr(default_run):
+    """Each checkpoint's avg_lr equals the mean over that epoch's steps of the linear schedule."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    _, res, _ = default_run
+    warm = json.loads((Path(res["stages"]["warmup"]["dir"]) / "warmup.json").read_text())
+    n, batch, epochs, lr = warm["n_examples"], 8, 4, 2e-3  # conf/warmup/tiny.yaml
+    steps_per_epoch = -(-n // batch)
+    total = steps_per_epoch * epochs
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    sched = get_linear_schedule_with_warmup(opt, -(-total * 3 // 100), total)
+    lrs = []
+    for _ in range(total):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert [c["epoch"] for c in warm["checkpoints"]] == [1, 2, 3, 4]
+    for c in warm["checkpoints"]:
+        e = c["epoch"]
+        expected = sum(lrs[(e - 1) * steps_per_epoch: e * steps_per_epoch]) / steps_per_epoch
+        assert c["avg_lr"] == pytest.approx(expected, rel=1e-6)
+        assert c["step"] == e * steps_per_epoch
+        meta = json.loads((Path(res["stages"]["warmup"]["dir"]) / c["dir"] / "less_checkpoint.json").read_text())
+        assert all("lora_" in name for name in meta["optimizer_param_names"])
+        assert len(meta["optimizer_param_names"]) == 2 * 4 * 2  # layers x modules x (A, B)
