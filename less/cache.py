@@ -28,6 +28,8 @@ from less.errors import CacheMiss
 log = logging.getLogger(__name__)
 
 KEY_FILE = "key.json"
+# Bump when the meaning or layout of an artifact changes, so old cache entries are never reused.
+ARTIFACT_VERSION = 1
 
 
 def to_plain(obj: Any) -> Any:
@@ -44,7 +46,8 @@ def to_plain(obj: Any) -> Any:
 
 def cache_key(kind: str, spec: dict[str, Any]) -> str:
     """Stable short hash of a stage kind and the plain config it depends on."""
-    blob = json.dumps({"kind": kind, "spec": to_plain(spec)}, sort_keys=True, separators=(",", ":"))
+    blob = json.dumps({"kind": kind, "version": ARTIFACT_VERSION, "spec": to_plain(spec)},
+                      sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

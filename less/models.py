@@ -34,6 +34,10 @@ def model_spec(model_cfg: DictConfig) -> dict[str, Any]:
     """What a model's identity depends on (used in downstream cache keys)."""
     spec = to_plain(model_cfg)
     spec.pop("name", None)  # a label only
+    local = Path(str(model_cfg.get("path") or "")).expanduser()
+    if model_cfg.kind == "hf" and local.is_dir():  # a local copy: notice when its files change
+        spec["files"] = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(local.iterdir())
+                         if p.is_file() and (p.suffix in (".json", ".safetensors", ".bin", ".model"))}
     return spec
 
 

@@ -97,7 +97,8 @@ def features(cfg: DictConfig, selector_cfg: DictConfig, cache: Cache, warmup_dir
     dims = sorted({int(d) for d in ds.proj_dims})
     tok = load_tokenizer(selector_cfg, cache)
     examples = read_examples(examples_path)
-    enc = encode_examples(examples, tok, ds.max_length)
+    # D_val completions carry no EOS (as in LESS); pool examples are encoded as in training
+    enc = encode_examples(examples, tok, ds.max_length, completion_eos=split == "pool")
     if not len(enc):
         raise DataError(f"{examples_path}: no example has a labelled token ({dict(enc.dropped)})")
     ckpts = warmup_checkpoints(warmup_dir, list(ds.checkpoints) if ds.checkpoints else None,
@@ -197,7 +198,8 @@ def select(cfg: DictConfig, prepare_dir: Path, datastore_dir: Path, out: Path) -
     weights = checkpoint_weights([f["avg_lr"] for f in pool_files])
     subtasks = [target[t]["subtask"] for t in target_ids]
     scores, per_sub = less_scores(pool_x, target_x, weights, subtasks)
-    order, n_sel = top_indices(scores, None if s.k is not None else s.fraction, s.k)
+    # the fraction is of the whole pool, dropped examples included
+    order, n_sel = top_indices(scores, None if s.k is not None else s.fraction, s.k, n_pool=len(pool))
 
     with open(out / "ranking.csv", "w", newline="") as fh:
         w = csv.writer(fh)

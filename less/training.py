@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, Train
 
 from less.cache import write_json_atomic
 from less.data.formats import IGNORE_INDEX, Encoded
+from less.errors import ConfigError
 
 log = logging.getLogger(__name__)
 CHECKPOINT_META = "less_checkpoint.json"
@@ -68,6 +70,16 @@ def collator(tokenizer):
                                   return_tensors="pt")
 
 
+def accumulation_steps(cfg: DictConfig) -> int:
+    """Steps per update so that per-device batch x steps x processes = the effective batch size."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_update = cfg.per_device_batch_size * world
+    if cfg.batch_size % per_update:
+        raise ConfigError(f"batch_size {cfg.batch_size} is not a multiple of per_device_batch_size "
+                          f"{cfg.per_device_batch_size} x {world} processes")
+    return cfg.batch_size // per_update
+
+
 def fit(model, tokenizer, enc: Encoded, cfg: DictConfig, out_dir: Path, seed: int,
         save_every_epoch: bool, device: torch.device) -> dict[str, Any]:
     """Train ``model`` on ``enc`` with Trainer; returns Trainer's metrics plus per-epoch LRs."""
@@ -76,7 +88,7 @@ def fit(model, tokenizer, enc: Encoded, cfg: DictConfig, out_dir: Path, seed: in
         output_dir=str(out_dir),
         num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.per_device_batch_size,
-        gradient_accumulation_steps=cfg.batch_size // cfg.per_device_batch_size,  # checked up front
+        gradient_accumulation_steps=accumulation_steps(cfg),
         learning_rate=cfg.lr,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=float(cfg.warmup_ratio),  # transformers 5: a value below 1 is a ratio

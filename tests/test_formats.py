@@ -39,6 +39,7 @@ def test_only_assistant_tokens_and_eos_carry_labels(tiny_tokenizer):
             cur.append(i)
     spans.append(cur) if cur else None
     assert [tok.decode(s) for s in spans] == ["Hello!</s>", "The answer is 5.</s>"]
+    assert spans[0][-1] == spans[1][-1] == tok.eos_token_id
     masked = tok.decode([i for i, lab in zip(ids, labels) if lab == IGNORE_INDEX])
     assert "<|assistant|>" in masked and "Hi there" in masked and "Hello" not in masked
 
@@ -85,3 +86,39 @@ def test_synthetic_pool_and_target():
         truth = {"addition": nums[0] + nums[1], "subtraction": nums[0] - nums[1],
                  "multiplication": nums[0] * nums[1]}[op]
         assert row["choices"][row["label"]] == f"The answer is {truth}."
+
+
+def test_encoding_equals_tokenizing_the_whole_text(tiny_tokenizer):
+    ids, _ = __import__("less.data.formats", fromlist=["x"]).encode_example(CHAT, tiny_tokenizer, 512)
+    assert ids == tiny_tokenizer(tulu_text(CHAT, tiny_tokenizer.eos_token))["input_ids"]
+
+
+def test_sentencepiece_style_tokenizer_masks_exactly():
+    """A Metaspace tokenizer (like Llama's) prefixes every separate call with a space marker; the
+    whole-text encoding must not pick that up and must still label exactly the assistant text."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    from less.data.formats import encode_example
+
+    chars = sorted(set(tulu_text(CHAT)) | {"▁"})
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Split("", "isolated")])
+    tk.decoder = decoders.Metaspace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    ids, labels = encode_example(CHAT, tok, 512)
+    assert ids == tok(tulu_text(CHAT))["input_ids"]
+    labelled = [i for i, lab in zip(ids, labels) if lab != IGNORE_INDEX]
+    assert tok.decode(labelled).replace(" ", "") == "Hello!</s>Theansweris5.</s>".replace(" ", "")
+    assert labelled[-1] == tok.eos_token_id
+
+
+def test_prompt_completion_eos_is_optional(tiny_tokenizer):
+    from less.data.formats import encode_example
+
+    ex = {"id": "p", "prompt": "<|user|>\nQ?\n<|assistant|>\nThe answer is:", "completion": " B"}
+    _, with_eos = encode_example(ex, tiny_tokenizer, 512)
+    _, without = encode_example(ex, tiny_tokenizer, 512, completion_eos=False)
+    assert [x for x in with_eos if x != IGNORE_INDEX][-1] == tiny_tokenizer.eos_token_id
+    assert tiny_tokenizer.decode([x for x in without if x != IGNORE_INDEX]) == " B"

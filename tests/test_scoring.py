@@ -60,4 +60,6 @@ def test_top_indices_fraction_k_and_ties():
     assert order.tolist()[:4] == [1, 3, 9, 2] and n == 2  # ties broken by index
     assert top_indices(scores, None, 3)[1] == 3
     assert top_indices(scores, 0.001, None)[1] == 1  # at least one
+    assert top_indices(scores, 0.2, None, n_pool=20)[1] == 4  # a fraction of the whole pool
+    assert top_indices(scores, 1.0, None, n_pool=20)[1] == 10  # capped at the scored rows
     assert sorted(order.tolist()) == list(range(10))

@@ -102,6 +102,7 @@ def tulu_segments(example: dict[str, Any]) -> list[tuple[str, bool]]:
 
 
 def tulu_text(example: dict[str, Any], eos: str = "</s>") -> str:
+    """The full Tulu text; prompt/completion examples get no EOS when ``eos`` is empty."""
     return "".join(t + (eos if lab else "") for t, lab in tulu_segments(example))
 
 
@@ -124,19 +125,35 @@ class Encoded:
         }
 
 
-def encode_example(example: dict[str, Any], tokenizer, max_length: int) -> tuple[list[int], list[int]]:
-    ids: list[int] = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    labels: list[int] = [IGNORE_INDEX] * len(ids)
-    for text, labelled in tulu_segments(example):
-        tok = tokenizer(text, add_special_tokens=False)["input_ids"]
+def encode_example(example: dict[str, Any], tokenizer, max_length: int,
+                   completion_eos: bool = True) -> tuple[list[int], list[int]]:
+    """Tokenize the whole Tulu text at once (as open-instruct does) and label the tokens that start
+    inside an assistant turn or its EOS. Tokenizing segments separately would differ for
+    sentencepiece tokenizers, which prefix every separate call with a space marker.
+
+    ``completion_eos=False`` leaves the EOS off prompt/completion examples (LESS's D_val format).
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer; offsets are needed for masking")
+    eos = tokenizer.eos_token
+    text, spans = "", []
+    with_eos = completion_eos or "messages" in example
+    for seg, labelled in tulu_segments(example):
         if labelled:
-            tok = tok + [tokenizer.eos_token_id]
-        ids.extend(tok)
-        labels.extend(tok if labelled else [IGNORE_INDEX] * len(tok))
+            seg = seg + (eos if with_eos else "")
+            spans.append((len(text), len(text) + len(seg)))
+        text += seg
+    enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True, truncation=False)
+    ids = enc["input_ids"]
+    labels = [IGNORE_INDEX] * len(ids)
+    for t, (start, end) in enumerate(enc["offset_mapping"]):
+        if end > start and any(a <= start < b for a, b in spans):
+            labels[t] = ids[t]
     return ids[:max_length], labels[:max_length]
 
 
-def encode_examples(examples: list[dict[str, Any]], tokenizer, max_length: int) -> Encoded:
+def encode_examples(examples: list[dict[str, Any]], tokenizer, max_length: int,
+                    completion_eos: bool = True) -> Encoded:
     """Tokenize with assistant-only labels; examples left with no label are dropped and counted."""
     out = Encoded([], [], [])
     for ex in examples:
@@ -144,7 +161,7 @@ def encode_examples(examples: list[dict[str, Any]], tokenizer, max_length: int) 
             out.dropped["no_assistant_turn"] += 1
             out.dropped_ids.append(str(ex["id"]))
             continue
-        ids, labels = encode_example(ex, tokenizer, max_length)
+        ids, labels = encode_example(ex, tokenizer, max_length, completion_eos)
         if all(x == IGNORE_INDEX for x in labels):
             out.dropped["no_labels_after_truncation"] += 1
             out.dropped_ids.append(str(ex["id"]))

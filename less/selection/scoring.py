@@ -43,11 +43,15 @@ def less_scores(pool: Sequence[np.ndarray], target: Sequence[np.ndarray], weight
     return per_sub.max(1), per_sub
 
 
-def top_indices(scores: np.ndarray, fraction: float | None, k: int | None) -> tuple[np.ndarray, int]:
-    """One global descending order (ties by index) and how many of its head are selected."""
+def top_indices(scores: np.ndarray, fraction: float | None, k: int | None,
+                n_pool: int | None = None) -> tuple[np.ndarray, int]:
+    """One global descending order (ties by index) and how many of its head are selected.
+
+    ``fraction`` is of ``n_pool`` (the whole pool, default: the scored rows), capped at the rows.
+    """
     order = np.lexsort((np.arange(len(scores)), -scores))
     if k is not None:
         n_sel = int(k)
     else:
-        n_sel = int(round(fraction * len(scores)))
+        n_sel = int(round(fraction * (n_pool if n_pool is not None else len(scores))))
     return order, max(1, min(n_sel, len(scores)))
