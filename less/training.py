@@ -21,6 +21,7 @@ from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, Train
 from less.cache import write_json_atomic
 from less.data.formats import IGNORE_INDEX, Encoded
 from less.errors import ConfigError
+from less.gradients.per_example import per_example_loss
 
 log = logging.getLogger(__name__)
 CHECKPOINT_META = "less_checkpoint.json"
@@ -65,6 +66,26 @@ class EpochLearningRates(TrainerCallback):
         })
 
 
+class ExampleMeanTrainer(Trainer):
+    """Loss = mean over examples of each example's token-mean loss.
+
+    This is the paper's recipe (batch size 1 per device with gradient accumulation, where every
+    example weighs the same whatever its length). transformers 5's Trainer instead averages over all
+    tokens of the accumulated batch, which weighs long examples more (``loss: token_mean``).
+    """
+
+    loss_is_scaled_for_ga = False  # Trainer divides by the accumulation steps; DDP averages ranks
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = per_example_loss(outputs.logits, labels).mean()
+        return (loss, outputs) if return_outputs else loss
+
+
+TRAINERS = {"example_mean": ExampleMeanTrainer, "token_mean": Trainer}
+
+
 def collator(tokenizer):
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX,
                                   return_tensors="pt")
@@ -106,7 +127,7 @@ def fit(model, tokenizer, enc: Encoded, cfg: DictConfig, out_dir: Path, seed: in
         disable_tqdm=False,
         dataloader_num_workers=0,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=EncodedDataset(enc),
+    trainer = TRAINERS[cfg.loss](model=model, args=args, train_dataset=EncodedDataset(enc),
                       data_collator=collator(tokenizer), callbacks=[lrs])
     result = trainer.train()
     return {"train_loss": result.training_loss, "steps": result.global_step,

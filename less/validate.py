@@ -23,6 +23,8 @@ def validate(cfg: DictConfig) -> None:
     _check(w.epochs >= 1, f"warmup.epochs must be >= 1, got {w.epochs}")
     for name, node in (("warmup", w), ("train", t)):
         _check(0 <= node.warmup_ratio < 1, f"{name}.warmup_ratio must be in [0, 1), got {node.warmup_ratio}")
+        _check(node.loss in ("example_mean", "token_mean"),
+               f"{name}.loss must be example_mean or token_mean, got {node.loss!r}")
         _check(node.batch_size % node.per_device_batch_size == 0,
                f"{name}.batch_size ({node.batch_size}) must be a multiple of "
                f"{name}.per_device_batch_size ({node.per_device_batch_size})")
