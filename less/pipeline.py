@@ -70,12 +70,14 @@ class Pipeline:
         c = self.cfg
         ds = {k: v for k, v in to_plain(c.datastore).items() if k != "batch_size"}
         sp: dict[str, dict[str, Any]] = {}
-        sp["prepare"] = {"pool": pool_spec(c.pool), "target": target_spec(c.target)}
-        sp["warmup"] = {"selector": model_spec(self.selector), "pool": pool_spec(c.pool),
+        pool, target = pool_spec(c.pool, c.data), target_spec(c.target, c.data)
+        sp["prepare"] = {"pool": pool, "target": target}
+        sp["warmup"] = {"selector": model_spec(self.selector), "pool": pool, "chat_format": c.chat_format,
                         "warmup": to_plain(c.warmup), "seed": c.seed}
         wkey = self.cache.lookup("warmup", sp["warmup"]).key
-        sp["pool_features"] = {"warmup": wkey, "pool": pool_spec(c.pool), "split": "pool", **ds}
-        sp["target_features"] = {"warmup": wkey, "target": target_spec(c.target), "split": "target",
+        sp["pool_features"] = {"warmup": wkey, "pool": pool, "split": "pool", "chat_format": c.chat_format,
+                               **{k: v for k, v in ds.items() if k != "target_truncation"}}
+        sp["target_features"] = {"warmup": wkey, "target": target, "split": "target", "chat_format": c.chat_format,
                                  **{k: v for k, v in ds.items() if k != "gradient_type"}}
         sp["datastore"] = {"pool": self.cache.lookup("features", sp["pool_features"]).key,
                            "target": self.cache.lookup("features", sp["target_features"]).key}
@@ -83,7 +85,7 @@ class Pipeline:
                         "prepare": self.cache.lookup("prepare", sp["prepare"]).key,
                         "target_skill": c.target.get("skill"), "selection": to_plain(c.selection)}
         sp["train"] = {"model": model_spec(c.model), "select": self.cache.lookup("select", sp["select"]).key,
-                       "train": to_plain(c.train), "seed": c.seed}
+                       "chat_format": c.chat_format, "train": to_plain(c.train), "seed": c.seed}
         sp["eval"] = {"train": self.cache.lookup("train", sp["train"]).key,
                       "prepare": sp["select"]["prepare"], "eval": to_plain(c.eval),
                       "model": model_spec(c.model), "seed": c.seed}
@@ -170,8 +172,14 @@ class Pipeline:
             r["data"] = json.loads((done["prepare"].dir / "data.json").read_text())
         if "datastore" in done:
             man = S.read_manifest(done["datastore"].dir)
-            pool_meta = json.loads((done["datastore"].dir / man["pool"] / "features.json").read_text())
-            r.setdefault("data", {}).setdefault("pool", {})["dropped"] = pool_meta["dropped"]
+            for split in ("pool", "target"):
+                meta = json.loads((done["datastore"].dir / man[split] / "features.json").read_text())
+                r.setdefault("data", {}).setdefault(split, {}).update(
+                    dropped=meta["dropped"], truncated=meta.get("truncated", 0))
+                if meta["dropped"]:
+                    log.warning("%s: %d examples dropped %s", split, len(meta["dropped_ids"]), meta["dropped"])
+            self.tracker.summary({f"data/{s}/dropped/{k}": v for s in ("pool", "target")
+                                  for k, v in r["data"][s]["dropped"].items()})
         if "select" in done:
             d = done["select"].dir
             stats = json.loads((d / "selection.json").read_text())
@@ -214,7 +222,8 @@ def summary(r: dict[str, Any], path: Path) -> str:
                      + (f"; dropped {pool['dropped']}" if pool.get("dropped") else ""))
     tgt = r.get("data", {}).get("target")
     if tgt:
-        lines.append(f"target: {tgt['name']}, {tgt['n']} examples in {len(tgt['by_subtask'])} subtasks")
+        lines.append(f"target: {tgt['name']}, {tgt['n']} examples in {len(tgt['by_subtask'])} subtasks"
+                     + (f"; dropped {tgt['dropped']}" if tgt.get("dropped") else ""))
     sel = r.get("selection")
     if sel:
         lines.append(f"selected: {sel['n_selected']} of {sel['n_ranked']} ({sel['method']}, dim {sel['proj_dim']})")

@@ -26,8 +26,8 @@ PACKAGE_TASKS = Path(__file__).parent / "tasks"
 
 # ----------------------------------------------------------------------------- prepare
 def prepare(cfg: DictConfig, out: Path) -> None:
-    pool = sources.load_pool(cfg.pool)
-    target = sources.load_target(cfg.target)
+    pool = sources.load_pool(cfg.pool, cfg.data)
+    target = sources.load_target(cfg.target, cfg.data)
     write_jsonl(out / "pool.jsonl", pool)
     write_jsonl(out / "target.jsonl", target)
     (out / "eval_data").mkdir()
@@ -53,7 +53,7 @@ def warmup(cfg: DictConfig, selector_cfg: DictConfig, cache: Cache, prepare_dir:
     n = max(1, int(round(w.fraction * len(pool))))
     subset = [pool[i] for i in sorted(rng.choice(len(pool), n, replace=False))]
     tok = load_tokenizer(selector_cfg, cache)
-    enc = encode_examples(subset, tok, w.max_length)
+    enc = encode_examples(subset, tok, w.max_length, chat_format=cfg.chat_format)
     if not len(enc):
         raise DataError(f"warmup subset of {n} examples has no trainable example ({dict(enc.dropped)})")
     model = get_peft_model(load_model(selector_cfg, cache, device), lora_config(w.lora))
@@ -98,7 +98,9 @@ def features(cfg: DictConfig, selector_cfg: DictConfig, cache: Cache, warmup_dir
     tok = load_tokenizer(selector_cfg, cache)
     examples = read_examples(examples_path)
     # D_val completions carry no EOS (as in LESS); pool examples are encoded as in training
-    enc = encode_examples(examples, tok, ds.max_length, completion_eos=split == "pool")
+    enc = encode_examples(examples, tok, ds.max_length, completion_eos=split == "pool",
+                          chat_format=cfg.chat_format,
+                          truncation="right" if split == "pool" else ds.target_truncation)
     if not len(enc):
         raise DataError(f"{examples_path}: no example has a labelled token ({dict(enc.dropped)})")
     ckpts = warmup_checkpoints(warmup_dir, list(ds.checkpoints) if ds.checkpoints else None,
@@ -130,6 +132,7 @@ def features(cfg: DictConfig, selector_cfg: DictConfig, cache: Cache, warmup_dir
     write_json_atomic(out / "features.json", {
         "split": split, "gradient_type": gtype, "normalized": bool(ds.normalize), "dims": dims,
         "dtype": dtype.name, "n": len(enc), "n_input": len(examples), "dropped": dict(enc.dropped),
+        "truncated": enc.truncated,
         "dropped_ids": enc.dropped_ids, "ids": "ids.jsonl", "checkpoints": entries})
 
 
@@ -236,7 +239,8 @@ def train(cfg: DictConfig, cache: Cache, select_dir: Path, out: Path, device: to
 
     t = cfg.train
     tok = load_tokenizer(cfg.model, cache)
-    enc = encode_examples(read_examples(select_dir / "selected.jsonl"), tok, t.max_length)
+    enc = encode_examples(read_examples(select_dir / "selected.jsonl"), tok, t.max_length,
+                          chat_format=cfg.chat_format)
     if not len(enc):
         raise DataError(f"{select_dir / 'selected.jsonl'}: no trainable example ({dict(enc.dropped)})")
     model = load_model(cfg.model, cache, device)

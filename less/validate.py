@@ -33,6 +33,8 @@ def validate(cfg: DictConfig) -> None:
     dims = list(ds.proj_dims)
     _check(bool(dims) and all(isinstance(d, int) and d > 0 for d in dims),
            f"datastore.proj_dims must be a non-empty list of positive integers, got {dims}")
+    _check(ds.target_truncation in ("left", "right"),
+           f"datastore.target_truncation must be left or right, got {ds.target_truncation!r}")
     _check(ds.dtype in ("float16", "float32"), f"datastore.dtype must be float16 or float32, got {ds.dtype!r}")
     if ds.checkpoints is not None:
         _check(all(1 <= e <= w.epochs for e in ds.checkpoints),
@@ -49,6 +51,10 @@ def validate(cfg: DictConfig) -> None:
         avail = list(ds.checkpoints) if ds.checkpoints is not None else list(range(1, w.epochs + 1))
         _check(bool(s.checkpoints) and set(s.checkpoints) <= set(avail),
                f"selection.checkpoints {list(s.checkpoints)} must be a subset of {avail}")
+    if "eval" in cfg.stages and "less_synthetic_arithmetic" in cfg.eval.tasks:
+        _check(cfg.target.kind == "synthetic", "eval.tasks: less_synthetic_arithmetic needs target=synthetic "
+               f"(got target={cfg.target.name}); set eval.tasks or leave eval out of stages")
+    _check(cfg.chat_format in ("tulu", "tokenizer"), f"chat_format must be tulu or tokenizer, got {cfg.chat_format!r}")
     _check(cfg.logger.name in ("wandb", "none"), f"logger.name must be wandb or none, got {cfg.logger.name!r}")
     if cfg.logger.name == "wandb":
         _check(cfg.logger.mode in ("offline", "online", "disabled"),

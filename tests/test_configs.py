@@ -53,6 +53,9 @@ def test_paper_settings():
     ("train.batch_size=7", "train.batch_size"),
     ("train.mode=qlora", "train.mode"),
     ("logger.mode=sometimes", "logger.mode"),
+    ("chat_format=chatml", "chat_format"),
+    ("datastore.target_truncation=middle", "datastore.target_truncation"),
+    ("target=mmlu", "eval.tasks"),  # the synthetic eval task needs the synthetic target
 ])
 def test_bad_values_name_their_key(override, key):
     from less.errors import ConfigError

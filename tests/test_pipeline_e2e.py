@@ -163,7 +163,7 @@ def _bad_file_cases(tmp_path: Path):
         (["pool=jsonl", f"pool.files=[{tmp_path}/empty.jsonl]"], "has no examples"),
         (["pool=jsonl", f"pool.files=[{tmp_path}/broken.jsonl]"], f"{tmp_path}/broken.jsonl:2: malformed JSON"),
         (["pool=jsonl", f"pool.files=[{tmp_path}/missing.jsonl]"], "missing.jsonl: pool file not found (set by pool.files)"),
-        (["target=jsonl", f"target.file={tmp_path}/empty.jsonl"], "has no examples"),
+        (["target=jsonl", f"target.file={tmp_path}/empty.jsonl", "stages=[prepare]"], "has no examples"),
     ]
 
 

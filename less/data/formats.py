@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from less.errors import DataError
+from less.errors import ConfigError, DataError
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
@@ -89,9 +89,13 @@ def tulu_segments(example: dict[str, Any]) -> list[tuple[str, bool]]:
         return [(example["prompt"], False), (example["completion"], True)]
     segs: list[tuple[str, bool]] = []
     prefix = ""
-    for m in example["messages"]:
+    last = max(i for i, m in enumerate(example["messages"]) if m["role"] == "assistant") \
+        if any(m["role"] == "assistant" for m in example["messages"]) else -1
+    for i, m in enumerate(example["messages"]):
         if m["role"] == "assistant":
-            segs.append((prefix + "<|assistant|>\n", False))
+            # an unlabelled start of the final answer (e.g. D_val's "The answer is:")
+            lead = example.get("assistant_prefix", "") if i == last else ""
+            segs.append((prefix + "<|assistant|>\n" + lead, False))
             segs.append((m["content"], True))
             prefix = "\n"
         else:
@@ -113,6 +117,7 @@ class Encoded:
     labels: list[list[int]]
     dropped: Counter = field(default_factory=Counter)
     dropped_ids: list[str] = field(default_factory=list)
+    truncated: int = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -125,43 +130,93 @@ class Encoded:
         }
 
 
-def encode_example(example: dict[str, Any], tokenizer, max_length: int,
-                   completion_eos: bool = True) -> tuple[list[int], list[int]]:
-    """Tokenize the whole Tulu text at once (as open-instruct does) and label the tokens that start
-    inside an assistant turn or its EOS. Tokenizing segments separately would differ for
-    sentencepiece tokenizers, which prefix every separate call with a space marker.
+CHAT_FORMATS = ("tulu", "tokenizer")
 
-    ``completion_eos=False`` leaves the EOS off prompt/completion examples (LESS's D_val format).
-    """
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer; offsets are needed for masking")
-    eos = tokenizer.eos_token
+
+def _tulu_render(example: dict[str, Any], eos: str) -> tuple[str, list[tuple[int, int]]]:
     text, spans = "", []
-    with_eos = completion_eos or "messages" in example
     for seg, labelled in tulu_segments(example):
         if labelled:
-            seg = seg + (eos if with_eos else "")
+            seg = seg + eos
             spans.append((len(text), len(text) + len(seg)))
         text += seg
-    enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True, truncation=False)
+    return text, spans
+
+
+def _template_render(example: dict[str, Any], tokenizer, completion_eos: bool
+                     ) -> tuple[str, list[tuple[int, int]]]:
+    """Render with the tokenizer's own chat template; each assistant turn's span is found by
+    rendering the conversation up to it (with and without the turn), which must be prefixes."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("chat_format=tokenizer but the tokenizer has no chat template")
+    msgs = [{"role": m["role"], "content": m["content"]} for m in example["messages"]]
+    turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+    text, spans = "", []
+    for i in turns:
+        lead = example.get("assistant_prefix", "") if i == turns[-1] else ""
+        before = tokenizer.apply_chat_template(msgs[:i], add_generation_prompt=True, tokenize=False)
+        through = tokenizer.apply_chat_template(
+            [*msgs[:i], {"role": "assistant", "content": lead + msgs[i]["content"]}], tokenize=False)
+        start = len(before) + len(lead)
+        if not (before.startswith(text) and through.startswith(before + lead)
+                and through[start:].startswith(msgs[i]["content"])):
+            raise ConfigError(f"chat_format=tokenizer: example {example['id']}: the chat template does not render turns as "
+                             "prefixes of each other, so assistant tokens cannot be masked exactly")
+        spans.append((start, len(through) if completion_eos else start + len(msgs[i]["content"])))
+        text = through
+    return text, spans
+
+
+def truncate(ids: list[int], labels: list[int], max_length: int, side: str) -> tuple[list[int], list[int]]:
+    if side == "left":
+        return ids[-max_length:], labels[-max_length:]
+    return ids[:max_length], labels[:max_length]
+
+
+def encode_example(example: dict[str, Any], tokenizer, max_length: int | None,
+                   completion_eos: bool = True, chat_format: str = "tulu",
+                   truncation: str = "right") -> tuple[list[int], list[int]]:
+    """Tokenize the whole rendered text at once (as open-instruct does) and label the tokens that
+    start inside an assistant turn (and its EOS). Tokenizing segments separately would differ for
+    sentencepiece tokenizers, which prefix every separate call with a space marker.
+
+    ``completion_eos=False`` leaves the EOS off (LESS's D_val: loss on the completion only).
+    ``chat_format="tokenizer"`` renders ``messages`` with the tokenizer's chat template instead of
+    Tulu; prompt/completion examples are used as written in either format.
+    ``truncation="left"`` keeps the last ``max_length`` tokens (the completion) instead of the first.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(f"{type(tokenizer).__name__} is not a fast tokenizer; offsets are needed for masking")
+    if chat_format == "tokenizer" and "messages" in example:
+        text, spans = _template_render(example, tokenizer, completion_eos)
+        special = False  # the template writes BOS itself
+    else:
+        text, spans = _tulu_render(example, tokenizer.eos_token if completion_eos else "")
+        special = True
+    enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True, truncation=False)
     ids = enc["input_ids"]
     labels = [IGNORE_INDEX] * len(ids)
     for t, (start, end) in enumerate(enc["offset_mapping"]):
         if end > start and any(a <= start < b for a, b in spans):
             labels[t] = ids[t]
-    return ids[:max_length], labels[:max_length]
+    return (ids, labels) if max_length is None else truncate(ids, labels, max_length, truncation)
 
 
 def encode_examples(examples: list[dict[str, Any]], tokenizer, max_length: int,
-                    completion_eos: bool = True) -> Encoded:
-    """Tokenize with assistant-only labels; examples left with no label are dropped and counted."""
+                    completion_eos: bool = True, chat_format: str = "tulu",
+                    truncation: str = "right") -> Encoded:
+    """Tokenize with assistant-only labels; examples left with no label are dropped and counted,
+    and examples cut to ``max_length`` are counted as ``truncated``."""
     out = Encoded([], [], [])
     for ex in examples:
         if "messages" in ex and not any(m["role"] == "assistant" for m in ex["messages"]):
             out.dropped["no_assistant_turn"] += 1
             out.dropped_ids.append(str(ex["id"]))
             continue
-        ids, labels = encode_example(ex, tokenizer, max_length, completion_eos)
+        ids, labels = encode_example(ex, tokenizer, None, completion_eos, chat_format)
+        if len(ids) > max_length:
+            out.truncated += 1
+            ids, labels = truncate(ids, labels, max_length, truncation)
         if all(x == IGNORE_INDEX for x in labels):
             out.dropped["no_labels_after_truncation"] += 1
             out.dropped_ids.append(str(ex["id"]))
