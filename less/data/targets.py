@@ -44,6 +44,14 @@ def _example(id_: str, subtask: str, user: str, prefix: str, completion: str) ->
             "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": completion}]}
 
 
+def _read_json(root: Path, candidates: list[str], what: str) -> tuple[Path, Any]:
+    path = find(root, candidates, what)
+    try:
+        return path, json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+
+
 def mmlu(root: Path, n_per_subject: int = 5) -> list[Example]:
     dev = find(root, ["mmlu/dev", "eval/mmlu/dev", "data/eval/mmlu/dev"], "MMLU dev CSVs")
     files = sorted(dev.glob("*_dev.csv"))
@@ -66,8 +74,8 @@ def mmlu(root: Path, n_per_subject: int = 5) -> list[Example]:
 
 
 def tydiqa(root: Path) -> list[Example]:
-    path = find(root, ["tydiqa/tydiqa-one-shot.json", "eval/tydiqa/tydiqa-one-shot.json"], "TyDiQA one-shot exemplars")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    path, data = _read_json(root, ["tydiqa/tydiqa-one-shot.json", "eval/tydiqa/tydiqa-one-shot.json"],
+                            "TyDiQA one-shot exemplars")
     out = []
     for lang, exs in data.items():
         if lang not in TYDIQA_TEMPLATES:
@@ -81,8 +89,8 @@ def tydiqa(root: Path) -> list[Example]:
 
 
 def bbh(root: Path) -> list[Example]:
-    path = find(root, ["less_eval_formats/bbh-three-shot.json", "eval/bbh/bbh-three-shot.json"], "BBH 3-shot prompts")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    path, data = _read_json(root, ["less_eval_formats/bbh-three-shot.json", "eval/bbh/bbh-three-shot.json"],
+                            "BBH 3-shot prompts")
     out = []
     for task, prompt in data.items():
         parts = prompt.split("\n\n")
