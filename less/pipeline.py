@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from less import stages as S
 from less.cache import Artifact, Cache, to_plain, write_json_atomic
 from less.data.sources import pool_spec, target_spec
-from less.errors import LessError
+from less.errors import CacheMiss, DataError, LessError
 from less.models import model_spec, resolve_device
 from less.tracking import NullTracker, make_tracker
 from less.validate import STAGES, validate
@@ -38,6 +39,27 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     except LessError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+SPEED_ONLY = {"token_budget", "max_batch_size", "gradient_checkpointing", "chunk_size", "shard", "num_shards"}
+
+
+def datastore_spec(ds: DictConfig) -> dict[str, Any]:
+    """The datastore settings features depend on (not how fast or in how many jobs they are made)."""
+    spec = {k: v for k, v in to_plain(ds).items() if k not in SPEED_ONLY and k not in ("warmup_dir", "lr_weights")}
+    if isinstance(spec["projection"], dict):
+        spec["projection"] = {k: v for k, v in spec["projection"].items() if k not in ("batch_size", "cache_gb")}
+    return spec
+
+
+def external_warmup_spec(ds: DictConfig) -> dict[str, Any]:
+    """Identity of an external warmup run: its checkpoints' files and the given LRs."""
+    root = Path(ds.warmup_dir).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"{root}: warmup run not found (set by datastore.warmup_dir)")
+    files = {str(p.relative_to(root)): [p.stat().st_size, p.stat().st_mtime_ns]
+             for p in sorted(root.glob("checkpoint-*/*")) if p.is_file()}
+    return {"external": str(root), "files": files, "lr_weights": to_plain(ds.lr_weights)}
 
 
 def run_name(cfg: DictConfig, out_dir: Path) -> str:
@@ -68,13 +90,14 @@ class Pipeline:
     # -- keys: exactly what each artifact depends on ------------------------------------------
     def specs(self) -> dict[str, dict[str, Any]]:
         c = self.cfg
-        ds = {k: v for k, v in to_plain(c.datastore).items() if k != "batch_size"}
+        ds = datastore_spec(c.datastore)
         sp: dict[str, dict[str, Any]] = {}
         pool, target = pool_spec(c.pool, c.data), target_spec(c.target, c.data)
         sp["prepare"] = {"pool": pool, "target": target}
         sp["warmup"] = {"selector": model_spec(self.selector), "pool": pool, "chat_format": c.chat_format,
                         "warmup": to_plain(c.warmup), "seed": c.seed}
-        wkey = self.cache.lookup("warmup", sp["warmup"]).key
+        wkey = external_warmup_spec(c.datastore) if c.datastore.warmup_dir else \
+            self.cache.lookup("warmup", sp["warmup"]).key
         sp["pool_features"] = {"warmup": wkey, "pool": pool, "split": "pool", "chat_format": c.chat_format,
                                **{k: v for k, v in ds.items() if k != "target_truncation"}}
         sp["target_features"] = {"warmup": wkey, "target": target, "split": "target", "chat_format": c.chat_format,
@@ -132,15 +155,18 @@ class Pipeline:
                 done[name] = builders[name]()
             return done[name]
 
-        def datastore() -> Artifact:
+        def datastore() -> Artifact | None:
             if "datastore" not in c.stages:
                 return self.cache.require("datastore", sp["datastore"], "add 'datastore' to stages")
-            warm, prep = get("warmup"), get("prepare")
-            feats = {split: self.stage("datastore", "features", sp[f"{split}_features"],
-                                       lambda d, split=split: S.features(
-                                           c, self.selector, self.cache, warm.dir,
-                                           prep.dir / f"{split}.jsonl", split, d, dev))
-                     for split in ("pool", "target")}
+            ds = c.datastore
+            warm = Path(ds.warmup_dir).expanduser().resolve() if ds.warmup_dir else get("warmup").dir
+            prep = get("prepare")
+            feats = {}
+            for split in ("pool", "target"):
+                shard = (ds.shard, ds.num_shards) if split == "pool" else (0, 1)
+                feats[split] = self.split_features(split, sp[f"{split}_features"], warm, prep.dir, *shard)
+            if feats["pool"] is None or feats["target"] is None:
+                return None
             final = self.cache.lookup("datastore", sp["datastore"]).dir
             store = self.stage("datastore", "datastore", sp["datastore"], lambda d: S.datastore_manifest(
                 feats["pool"].dir, feats["target"].dir, d, final))
@@ -153,17 +179,51 @@ class Pipeline:
                 c, self.selector, self.cache, get("prepare").dir, d, dev)),
             "datastore": datastore,
             "select": lambda: self.stage("select", "select", sp["select"], lambda d: S.select(
-                c, get("prepare").dir, get("datastore").dir, d)),
+                c, get("prepare").dir, complete_store(), d)),
             "train": lambda: self.stage("train", "train", sp["train"], lambda d: S.train(
                 c, self.cache, get("select").dir, d, dev)),
             "eval": lambda: self.stage("eval", "eval", sp["eval"], lambda d: S.evaluate(
                 c, self.cache, get("prepare").dir, get("train").dir, d, dev)),
         }
+        def complete_store() -> Path:
+            store = get("datastore")
+            if store is None:
+                raise CacheMiss(f"the pool features are incomplete (shard {c.datastore.shard} of "
+                                f"{c.datastore.num_shards} done); run the other shards, then stages=[select]")
+            return store.dir
+
         for name in STAGES:
             if name in c.stages:
                 get(name)
+        done = {k: v for k, v in done.items() if v is not None}
         self._collect(done)
         self._finish()
+
+    def split_features(self, split: str, spec: dict, warmup_dir: Path, prepare_dir: Path,
+                       shard: int, num_shards: int) -> Artifact | None:
+        """One split's features: this shard's chunks are extracted outside any lock (shards run in
+        parallel, a killed job resumes from its chunk files); whoever completes the set assembles it."""
+        art = self.cache.lookup("features", spec)
+        if art.cached:
+            return self.stage("datastore", "features", spec, lambda d: None)
+        work = self.cache.root / "features" / f".work-{art.key}"
+        t0 = time.time()
+        sf = S.SplitFeatures(self.cfg, self.selector, self.cache, warmup_dir, prepare_dir / f"{split}.jsonl",
+                             split, work, self.device)
+        sf.extract(shard, num_shards)
+        rec = self.results["stages"].setdefault("datastore", {"seconds": 0.0, "cached": False, "dir": str(work)})
+        rec["seconds"] = round(rec["seconds"] + time.time() - t0, 3)
+        rec["cached"] = False
+        if not (self.cache.lookup("features", spec).cached or sf.complete()
+                or self.cache.lookup("features", spec).cached):
+            missing = sum(len(v) for v in sf.missing(0, 1).values())
+            rec.update(complete=False, shard=shard, num_shards=num_shards, missing_chunks=missing)
+            log.info("%s features: shard %d of %d done, %d chunks left to other shards",
+                     split, shard, num_shards, missing)
+            return None
+        art = self.stage("datastore", "features", spec, sf.assemble)
+        shutil.rmtree(work, ignore_errors=True)
+        return art
 
     # -- results, tracking, summary ------------------------------------------------------------
     def _collect(self, done: dict[str, Artifact]) -> None:

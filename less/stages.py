@@ -19,6 +19,7 @@ from less.data import sources
 from less.data.formats import encode_examples, read_examples, write_jsonl
 from less.errors import ConfigError, DataError
 from less.models import DTYPES, load_model, load_tokenizer, lora_config
+from less.training import CHECKPOINT_META
 
 log = logging.getLogger(__name__)
 PACKAGE_TASKS = Path(__file__).parent / "tasks"
@@ -71,69 +72,172 @@ def warmup(cfg: DictConfig, selector_cfg: DictConfig, cache: Cache, prepare_dir:
                                             "checkpoints": entries, "train_loss": metrics["train_loss"]})
 
 
-def warmup_checkpoints(warmup_dir: Path, wanted: list[int] | None, key: str) -> list[dict[str, Any]]:
-    entries = json.loads((warmup_dir / "warmup.json").read_text())["checkpoints"]
+def warmup_checkpoints(warmup_dir: Path, ds: DictConfig) -> list[dict[str, Any]]:
+    """The checkpoints features are taken from, with their epoch's average learning rate.
+
+    Our warmup records them in ``warmup.json``; an external run (``datastore.warmup_dir``: a
+    Trainer / reference-LESS output dir with ``checkpoint-*/``) gets them from each checkpoint's
+    ``less_checkpoint.json``, else its ``trainer_state.json`` log, else ``datastore.lr_weights``.
+    """
+    if (warmup_dir / "warmup.json").is_file():
+        entries = json.loads((warmup_dir / "warmup.json").read_text())["checkpoints"]
+    else:
+        dirs = sorted(warmup_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        if not dirs:
+            raise DataError(f"{warmup_dir}: no checkpoint-* directories (set by datastore.warmup_dir)")
+        lrs = list(ds.lr_weights) if ds.get("lr_weights") else None
+        if lrs is not None and len(lrs) != len(dirs):
+            raise ConfigError(f"datastore.lr_weights has {len(lrs)} values for {len(dirs)} checkpoints in {warmup_dir}")
+        entries = []
+        for e, d in enumerate(dirs, 1):
+            lr = lrs[e - 1] if lrs is not None else _recorded_lr(d, e)
+            if lr is None:
+                raise DataError(f"{d}: no learning rate recorded for epoch {e}; set datastore.lr_weights")
+            entries.append({"epoch": e, "step": int(d.name.split("-")[-1]), "avg_lr": lr, "dir": str(d)})
+    wanted = list(ds.checkpoints) if ds.checkpoints else None
     if wanted is None:
         return entries
     have = {e["epoch"]: e for e in entries}
     missing = [e for e in wanted if e not in have]
     if missing:
-        raise ConfigError(f"{key}: epochs {missing} not among the warmup checkpoints {sorted(have)}")
+        raise ConfigError(f"datastore.checkpoints: epochs {missing} not among the warmup checkpoints {sorted(have)}")
     return [have[e] for e in wanted]
 
 
+def _recorded_lr(ckpt: Path, epoch: int) -> float | None:
+    if (ckpt / CHECKPOINT_META).is_file():
+        return json.loads((ckpt / CHECKPOINT_META).read_text())["avg_lr"]
+    if (ckpt / "trainer_state.json").is_file():
+        hist = json.loads((ckpt / "trainer_state.json").read_text()).get("log_history", [])
+        lrs = [h["learning_rate"] for h in hist if "learning_rate" in h and epoch - 1 < h.get("epoch", 0) <= epoch]
+        return sum(lrs) / len(lrs) if lrs else None
+    return None
+
+
 # ----------------------------------------------------------------------------- datastore
-def features(cfg: DictConfig, selector_cfg: DictConfig, cache: Cache, warmup_dir: Path,
-             examples_path: Path, split: str, out: Path, device: torch.device) -> None:
-    """Per-checkpoint projected gradient features of one split (pool: Adam or SGD; target: SGD)."""
-    from peft import PeftModel
+def projection_dims(ds: DictConfig) -> list[int] | None:
+    """Sorted projection dims, or None for ``datastore.projection=none`` (flat features)."""
+    if isinstance(ds.projection, str):
+        return None
+    return sorted({int(d) for d in ds.projection.dims})
 
-    from less.gradients.adam import load_moments
-    from less.gradients.features import compute_features
-    from less.training import read_checkpoint_meta
 
-    ds = cfg.datastore
-    gtype = ds.gradient_type if split == "pool" else "sgd"
-    dims = sorted({int(d) for d in ds.proj_dims})
-    tok = load_tokenizer(selector_cfg, cache)
-    examples = read_examples(examples_path)
-    # D_val completions carry no EOS (as in LESS); pool examples are encoded as in training
-    enc = encode_examples(examples, tok, ds.max_length, completion_eos=split == "pool",
-                          chat_format=cfg.chat_format,
-                          truncation="right" if split == "pool" else ds.target_truncation)
-    if not len(enc):
-        raise DataError(f"{examples_path}: no example has a labelled token ({dict(enc.dropped)})")
-    ckpts = warmup_checkpoints(warmup_dir, list(ds.checkpoints) if ds.checkpoints else None,
-                               "datastore.checkpoints")
-    dtype = np.dtype(ds.dtype)
-    entries = []
-    for c in ckpts:
-        ckpt_dir = warmup_dir / c["dir"]
-        model = PeftModel.from_pretrained(load_model(selector_cfg, cache, device), str(ckpt_dir),
-                                          is_trainable=True)
-        moments, betas = None, (0.9, 0.999)
-        if gtype == "adam":
-            meta = read_checkpoint_meta(ckpt_dir)
+def chunks_of(n_rows: int, chunk_size: int, shard: int, num_shards: int) -> list[tuple[int, int]]:
+    """This shard's chunks: a contiguous run of the split's fixed chunks (shard-independent)."""
+    chunks = [(s, min(n_rows, s + chunk_size)) for s in range(0, n_rows, chunk_size)]
+    lo, hi = len(chunks) * shard // num_shards, len(chunks) * (shard + 1) // num_shards
+    return chunks[lo:hi]
+
+
+class SplitFeatures:
+    """Extraction of one split's features into resumable chunk files under ``work``."""
+
+    def __init__(self, cfg: DictConfig, selector_cfg: DictConfig, cache: Cache, warmup_dir: Path,
+                 examples_path: Path, split: str, work: Path, device: torch.device):
+        self.cfg, self.selector_cfg, self.cache = cfg, selector_cfg, cache
+        self.ds, self.split, self.work, self.device = cfg.datastore, split, work, device
+        self.warmup_dir = warmup_dir
+        self.gtype = self.ds.gradient_type if split == "pool" else "sgd"
+        self.tok = load_tokenizer(selector_cfg, cache)
+        self.examples = read_examples(examples_path)
+        # D_val completions carry no EOS (as in LESS); pool examples are encoded as in training
+        self.enc = encode_examples(self.examples, self.tok, self.ds.max_length, completion_eos=split == "pool",
+                                   chat_format=cfg.chat_format,
+                                   truncation="right" if split == "pool" else self.ds.target_truncation)
+        if not len(self.enc):
+            raise DataError(f"{examples_path}: no example has a labelled token ({dict(self.enc.dropped)})")
+        self.ckpts = warmup_checkpoints(warmup_dir, self.ds)
+        self.dims = projection_dims(self.ds)
+
+    def _flat_dim(self) -> int | None:
+        meta = self.work / "flat_dim.txt"
+        return int(meta.read_text()) if meta.is_file() else None
+
+    def missing(self, shard: int, num_shards: int) -> dict[int, list[tuple[int, int]]]:
+        from less.gradients.store import chunk_done
+
+        mine = chunks_of(len(self.enc), self.ds.chunk_size, shard, num_shards)
+        dmax = self.dims[-1] if self.dims else self._flat_dim()
+        return {c["epoch"]: [ch for ch in mine if dmax is None or not chunk_done(self.work, c["epoch"], dmax, *ch)]
+                for c in self.ckpts}
+
+    def extract(self, shard: int = 0, num_shards: int = 1) -> None:
+        """Compute every chunk of this shard that is not on disk yet (a killed run resumes here)."""
+        from tqdm.auto import tqdm
+
+        from less.gradients.features import finish
+        from less.gradients.store import write_chunk
+
+        todo = self.missing(shard, num_shards)
+        for c in self.ckpts:
+            chunks = todo[c["epoch"]]
+            if not chunks:
+                continue
+            model, ex = self._extractor(self.warmup_dir / c["dir"])
+            self.work.mkdir(parents=True, exist_ok=True)
+            if self.dims is None:
+                (self.work / "flat_dim.txt").write_text(str(ex.total))
+            try:
+                for start, stop in tqdm(chunks, desc=f"{self.split} features epoch {c['epoch']}", leave=False):
+                    x = ex.unscaled(self.enc, list(range(start, stop)))
+                    feats = {d: finish(x[:, :d], bool(self.ds.normalize)).numpy()
+                             for d in (self.dims or [ex.total])}
+                    write_chunk(self.work, c["epoch"], feats, start, stop, self.ds.dtype)
+            finally:
+                ex.close()
+            del model
+
+    def _extractor(self, ckpt_dir: Path):
+        from peft import PeftModel
+
+        from less.gradients.adam import load_moments
+        from less.gradients.features import FeatureExtractor
+
+        model = PeftModel.from_pretrained(load_model(self.selector_cfg, self.cache, self.device),
+                                          str(ckpt_dir), is_trainable=True)
+        moments, betas, eps = None, (0.9, 0.999), float(self.ds.adam_eps)
+        if self.gtype == "adam":
+            meta_file = ckpt_dir / CHECKPOINT_META
+            names = json.loads(meta_file.read_text())["optimizer_param_names"] if meta_file.is_file() else None
             shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
-            moments = load_moments(ckpt_dir, meta["optimizer_param_names"], shapes)
-            betas = tuple(meta["betas"])
-        feats = compute_features(model, enc, pad_id=tok.pad_token_id, dims=dims, seed=ds.seed,
-                                 batch_size=ds.batch_size, device=device, moments=moments,
-                                 betas=betas, eps=ds.adam_eps, normalize=ds.normalize,
-                                 desc=f"{split} features epoch {c['epoch']}")
-        files = {}
-        for d, x in feats.items():
-            name = f"ckpt{c['epoch']}_d{d}.npy"
-            np.save(out / name, x.astype(dtype))
-            files[str(d)] = name
-        entries.append({"epoch": c["epoch"], "avg_lr": c["avg_lr"], "files": files})
-        del model
-    write_jsonl(out / "ids.jsonl", [{"id": i} for i in enc.ids])
-    write_json_atomic(out / "features.json", {
-        "split": split, "gradient_type": gtype, "normalized": bool(ds.normalize), "dims": dims,
-        "dtype": dtype.name, "n": len(enc), "n_input": len(examples), "dropped": dict(enc.dropped),
-        "truncated": enc.truncated,
-        "dropped_ids": enc.dropped_ids, "ids": "ids.jsonl", "checkpoints": entries})
+            mom = load_moments(ckpt_dir, names, shapes)
+            moments, betas = mom.by_name, mom.betas or betas
+            eps = mom.eps if mom.eps is not None else eps
+        proj = self.ds.projection
+        ex = FeatureExtractor(
+            model, pad_id=self.tok.pad_token_id, dims=self.dims, seed=0 if self.dims is None else proj.seed,
+            device=self.device, moments=moments, betas=betas, eps=eps, token_budget=self.ds.token_budget,
+            max_batch=self.ds.max_batch_size,
+            projection_batch=self.ds.max_batch_size if self.dims is None else proj.batch_size,
+            cache_bytes=0 if self.dims is None else int(proj.cache_gb * 2**30))
+        if self.ds.gradient_checkpointing:
+            # HF checkpoints only in train mode; dropout modules stay in eval (features need it off)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.train()
+            for m in model.modules():
+                if isinstance(m, torch.nn.Dropout):
+                    m.eval()
+        return model, ex
+
+    def complete(self) -> bool:
+        return all(not v for v in self.missing(0, 1).values()) and (self.dims is not None or bool(self._flat_dim()))
+
+    def assemble(self, out: Path) -> None:
+        """The final features artifact: one array per (checkpoint, dim), rows in split order."""
+        from less.gradients.store import assemble
+
+        dims = self.dims or [self._flat_dim()]
+        entries = []
+        for c in self.ckpts:
+            files = {str(d): assemble(self.work, out, c["epoch"], d, len(self.enc), self.ds.dtype) for d in dims}
+            entries.append({"epoch": c["epoch"], "avg_lr": c["avg_lr"], "files": files})
+        write_jsonl(out / "ids.jsonl", [{"id": i} for i in self.enc.ids])
+        write_json_atomic(out / "features.json", {
+            "split": self.split, "gradient_type": self.gtype, "normalized": bool(self.ds.normalize),
+            "projection": "none" if self.dims is None else "rademacher", "dims": dims, "dtype": self.ds.dtype,
+            "n": len(self.enc), "n_input": len(self.examples), "dropped": dict(self.enc.dropped),
+            "truncated": self.enc.truncated, "dropped_ids": self.enc.dropped_ids, "ids": "ids.jsonl",
+            "checkpoints": entries})
 
 
 def datastore_manifest(pool_dir: Path, target_dir: Path, out: Path, final_dir: Path) -> None:
@@ -151,12 +255,14 @@ def datastore_manifest(pool_dir: Path, target_dir: Path, out: Path, final_dir: P
         total = sum(lrs)
         for c in meta["checkpoints"]:
             for d, name in c["files"].items():
-                files.append({
-                    "path": rel(split_dir / name), "checkpoint": c["epoch"],
-                    "split": meta["split"], "gradient_type": meta["gradient_type"], "dim": int(d),
-                    "normalized": meta["normalized"], "dtype": meta["dtype"], "rows": meta["n"],
-                    "avg_lr": c["avg_lr"], "lr_weight": c["avg_lr"] / total if total > 0 else None,
-                    "ids": rel(split_dir / meta["ids"])})
+                entry = {"path": rel(split_dir / name), "checkpoint": c["epoch"], "split": meta["split"],
+                         "gradient_type": meta["gradient_type"], "dim": int(d), "projection": meta["projection"],
+                         "normalized": meta["normalized"], "dtype": meta["dtype"], "rows": meta["n"],
+                         "avg_lr": c["avg_lr"], "lr_weight": c["avg_lr"] / total if total > 0 else None,
+                         "ids": rel(split_dir / meta["ids"])}
+                if meta["dtype"] == "int8":
+                    entry["scale"] = rel(split_dir / name.replace(".npy", ".scale.npy"))
+                files.append(entry)
     write_json_atomic(out / "manifest.json", {
         "pool": rel(pool_dir), "target": rel(target_dir), "files": files})
 
@@ -171,12 +277,13 @@ def read_manifest(datastore_dir: Path) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- select
 def select(cfg: DictConfig, prepare_dir: Path, datastore_dir: Path, out: Path) -> dict[str, Any]:
-    from less.selection.scoring import checkpoint_weights, less_scores, top_indices
+    from less.selection.scoring import checkpoint_weights, less_scores, n_selected, top_k
 
     s = cfg.selection  # values checked up front by less.validate
     man = read_manifest(datastore_dir)
     dims = sorted({f["dim"] for f in man["files"]})
-    dim = int(s.proj_dim) if s.proj_dim is not None else max(dims)
+    flat = all(f.get("projection") == "none" for f in man["files"])
+    dim = int(s.proj_dim) if s.proj_dim is not None and not flat else max(dims)
     if dim not in dims:
         raise ConfigError(f"selection.proj_dim={dim} is not in the datastore's dims {dims}")
     epochs = sorted({f["checkpoint"] for f in man["files"] if f["split"] == "pool"})
@@ -185,10 +292,12 @@ def select(cfg: DictConfig, prepare_dir: Path, datastore_dir: Path, out: Path) -
         raise ConfigError(f"selection.checkpoints {use} not all in the datastore's {epochs}")
 
     def arrays(split):
+        from less.gradients.store import FeatureArray
+
         fs = sorted((f for f in man["files"] if f["split"] == split and f["dim"] == dim
                      and f["checkpoint"] in use), key=lambda f: f["checkpoint"])
         ids = [json.loads(line)["id"] for line in open(fs[0]["idspath"])]
-        return [np.load(f["abspath"], mmap_mode="r") for f in fs], ids, fs
+        return [FeatureArray(f["abspath"], f["dtype"], f["dim"]) for f in fs], ids, fs
 
     pool_x, pool_ids, pool_files = arrays("pool")
     target_x, target_ids, _ = arrays("target")
@@ -200,20 +309,22 @@ def select(cfg: DictConfig, prepare_dir: Path, datastore_dir: Path, out: Path) -
         raise DataError(f"{datastore_dir}: datastore rows do not cover the pool {prepare_dir / 'pool.jsonl'}")
     weights = checkpoint_weights([f["avg_lr"] for f in pool_files])
     subtasks = [target[t]["subtask"] for t in target_ids]
-    scores, per_sub = less_scores(pool_x, target_x, weights, subtasks)
+    scores = less_scores(pool_x, [np.asarray(t) for t in target_x], weights, subtasks)
     # the fraction is of the whole pool, dropped examples included
-    order, n_sel = top_indices(scores, None if s.k is not None else s.fraction, s.k, n_pool=len(pool))
+    n_sel = n_selected(len(scores), None if s.k is not None else s.fraction, s.k, n_pool=len(pool))
+    chosen = top_k(scores, n_sel)  # partial sort
+    order = np.lexsort((np.arange(len(scores)), -scores))  # the full ranking file, best first
 
     with open(out / "ranking.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["rank", "id", "source", "score"])
         for rank, i in enumerate(order, 1):
             w.writerow([rank, pool_ids[i], pool[pool_ids[i]].get("dataset"), f"{scores[i]:.8g}"])
-    selected = [pool[pool_ids[i]] for i in order[:n_sel]]
+    selected = [pool[pool_ids[i]] for i in chosen]
     write_jsonl(out / "selected.jsonl", selected)
     np.save(out / "scores.npy", scores)
     stats = selection_stats(cfg, list(pool.values()), selected)
-    stats.update({"method": s.method, "n_selected": n_sel, "n_ranked": len(order), "proj_dim": dim,
+    stats.update({"method": s.method, "datastore": str(datastore_dir), "n_selected": n_sel, "n_ranked": len(order), "proj_dim": dim,
                   "checkpoints": use, "checkpoint_weights": weights.tolist(),
                   "n_dropped": len(pool_meta["dropped_ids"]), "dropped": pool_meta["dropped"],
                   "subtasks": list(dict.fromkeys(subtasks))})

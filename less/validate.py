@@ -5,6 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from less.errors import ConfigError
+from less.gradients.store import DTYPES
 
 STAGES = ["prepare", "warmup", "datastore", "select", "train", "eval"]
 SELECTION_METHODS = ("less",)
@@ -30,12 +31,22 @@ def validate(cfg: DictConfig) -> None:
                f"{name}.per_device_batch_size ({node.per_device_batch_size})")
     _check(t.mode in ("lora", "full"), f"train.mode must be lora or full, got {t.mode!r}")
     _check(ds.gradient_type in ("adam", "sgd"), f"datastore.gradient_type must be adam or sgd, got {ds.gradient_type!r}")
-    dims = list(ds.proj_dims)
-    _check(bool(dims) and all(isinstance(d, int) and d > 0 for d in dims),
-           f"datastore.proj_dims must be a non-empty list of positive integers, got {dims}")
+    if isinstance(ds.projection, str):
+        _check(ds.projection == "none", f"datastore.projection must be a mapping or 'none', got {ds.projection!r}")
+        dims = None
+    else:
+        dims = list(ds.projection.dims)
+        _check(bool(dims) and all(isinstance(d, int) and d > 0 for d in dims),
+               f"datastore.projection.dims must be a non-empty list of positive integers, got {dims}")
+        _check(ds.projection.batch_size >= 1, f"datastore.projection.batch_size must be >= 1, got {ds.projection.batch_size}")
+        if ds.dtype == "bit":
+            _check(all(d % 8 == 0 for d in dims), f"datastore.dtype=bit needs dims divisible by 8, got {dims}")
+    _check(0 <= ds.shard < ds.num_shards, f"datastore.shard must be in [0, num_shards={ds.num_shards}), got {ds.shard}")
+    for key in ("chunk_size", "token_budget", "max_batch_size"):
+        _check(ds[key] >= 1, f"datastore.{key} must be >= 1, got {ds[key]}")
     _check(ds.target_truncation in ("left", "right"),
            f"datastore.target_truncation must be left or right, got {ds.target_truncation!r}")
-    _check(ds.dtype in ("float16", "float32"), f"datastore.dtype must be float16 or float32, got {ds.dtype!r}")
+    _check(ds.dtype in DTYPES, f"datastore.dtype must be one of {DTYPES}, got {ds.dtype!r}")
     if ds.checkpoints is not None:
         _check(all(1 <= e <= w.epochs for e in ds.checkpoints),
                f"datastore.checkpoints {list(ds.checkpoints)} must be epochs in 1..{w.epochs}")
@@ -45,8 +56,8 @@ def validate(cfg: DictConfig) -> None:
                f"selection.fraction must be in (0, 1] (or set selection.k), got {s.fraction}")
     else:
         _check(isinstance(s.k, int) and s.k >= 1, f"selection.k must be a positive integer, got {s.k}")
-    if s.proj_dim is not None:
-        _check(s.proj_dim in dims, f"selection.proj_dim={s.proj_dim} is not in datastore.proj_dims {dims}")
+    if s.proj_dim is not None and dims is not None:
+        _check(s.proj_dim in dims, f"selection.proj_dim={s.proj_dim} is not in datastore.projection.dims {dims}")
     if s.checkpoints is not None:
         avail = list(ds.checkpoints) if ds.checkpoints is not None else list(range(1, w.epochs + 1))
         _check(bool(s.checkpoints) and set(s.checkpoints) <= set(avail),

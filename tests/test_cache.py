@@ -92,7 +92,7 @@ def test_selector_pool_and_projection_changes_recompute(tmp_path):
     assert sel["prepare"] == a["prepare"]
     pool = stage_keys(["pool.n_per_skill=50"], tmp_path)
     assert pool["warmup"] != a["warmup"] and pool["datastore"] != a["datastore"]
-    proj = stage_keys(["datastore.proj_dims=[128]"], tmp_path)
+    proj = stage_keys(["datastore.projection.dims=[128]"], tmp_path)
     assert proj["warmup"] == a["warmup"] and proj["datastore"] != a["datastore"]
     target = stage_keys(["target.n_per_subtask=2"], tmp_path)
     assert target["pool_features"] == a["pool_features"] and target["target_features"] != a["target_features"]

@@ -40,7 +40,7 @@ def test_selector_sets_lesst():
 def test_paper_settings():
     cfg = compose(["warmup=paper", "datastore=paper", "train=paper_full"])
     assert (cfg.warmup.lora.r, cfg.warmup.lora.alpha, cfg.warmup.lr, cfg.warmup.batch_size) == (128, 512, 2e-5, 128)
-    assert list(cfg.datastore.proj_dims) == [8192] and cfg.train.mode == "full"
+    assert list(cfg.datastore.projection.dims) == [8192] and cfg.train.mode == "full"
 
 
 @pytest.mark.parametrize("override,key", [
@@ -48,7 +48,7 @@ def test_paper_settings():
     ("selection.proj_dim=77", "selection.proj_dim"),
     ("selection.checkpoints=[9]", "selection.checkpoints"),
     ("datastore.gradient_type=rms", "datastore.gradient_type"),
-    ("datastore.proj_dims=[]", "datastore.proj_dims"),
+    ("datastore.projection.dims=[]", "datastore.projection.dims"),
     ("warmup.fraction=0", "warmup.fraction"),
     ("train.batch_size=7", "train.batch_size"),
     ("train.mode=qlora", "train.mode"),

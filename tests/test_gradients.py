@@ -63,7 +63,7 @@ def test_per_example_gradients_equal_batch_size_one():
     ids, mask, labels = variable_batch([9, 5, 12, 7])
     ref = batch1_grads(model, ids, mask, labels)
     collector = PerExampleGradients(model)
-    got = dict(collector(ids, mask, labels))
+    got = collector(ids, mask, labels)
     collector.close()
     assert len(got) == len(ref[0]) == 12  # 2 layers x 3 modules x (A, B)
     for p, g in got.items():
@@ -77,8 +77,8 @@ def test_padding_contributes_nothing():
     model.eval()
     ids, mask, labels = variable_batch([6, 10])
     collector = PerExampleGradients(model)
-    short_alone = dict(collector(ids[:1, :6], mask[:1, :6], labels[:1, :6]))
-    padded = dict(collector(ids, mask, labels))
+    short_alone = collector(ids[:1, :6], mask[:1, :6], labels[:1, :6])
+    padded = collector(ids, mask, labels)
     collector.close()
     for p in short_alone:
         torch.testing.assert_close(padded[p][0], short_alone[p][0], rtol=1e-4, atol=1e-6)
@@ -123,7 +123,7 @@ def _optimizer_checkpoint(tmp_path, name_keyed=False):
 @pytest.mark.parametrize("name_keyed", [False, True])
 def test_moments_are_matched_by_name_in_both_layouts(tmp_path, name_keyed):
     order, shapes, truth = _optimizer_checkpoint(tmp_path, name_keyed)
-    got = load_moments(tmp_path, order, shapes)
+    got = load_moments(tmp_path, order, shapes).by_name
     for n, (m, v) in truth.items():
         torch.testing.assert_close(got[n][0], m)
         torch.testing.assert_close(got[n][1], v)
@@ -134,7 +134,7 @@ def test_moment_shape_mismatch_is_an_error(tmp_path):
     shapes[order[0]] = (7, 7)
     with pytest.raises(DataError, match="shape"):
         load_moments(tmp_path, order, shapes)
-    with pytest.raises(DataError, match="optimizer state missing"):
+    with pytest.raises(DataError, match="optimizer state missing"):  # names both layouts' files
         load_moments(tmp_path / "nowhere", order, shapes)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from less.selection.scoring import checkpoint_weights, less_scores, top_indices
+from less.selection.scoring import checkpoint_weights, less_scores, top_indices, top_k
 
 
 def brute_force(pool, target, lrs, subtasks):
@@ -36,15 +36,14 @@ def test_less_scores_match_brute_force(chunk):
     pool = [unit_rows(rng, 11, 8) for _ in lrs]
     target = [unit_rows(rng, 7, 8) for _ in lrs]
     subtasks = ["b", "a", "b", "c", "a", "b", "c"]  # unequal sizes, interleaved order
-    got, per_sub = less_scores(pool, target, checkpoint_weights(lrs), subtasks, chunk=chunk)
+    got = less_scores(pool, target, checkpoint_weights(lrs), subtasks, chunk=chunk)
     np.testing.assert_allclose(got, brute_force(pool, target, lrs, subtasks), rtol=1e-5, atol=1e-6)
-    assert per_sub.shape == (11, 3)
 
 
 def test_single_subtask_is_the_mean():
     rng = np.random.default_rng(1)
     pool, target = [unit_rows(rng, 5, 4)], [unit_rows(rng, 3, 4)]
-    got, _ = less_scores(pool, target, np.array([1.0]), ["x"] * 3)
+    got = less_scores(pool, target, np.array([1.0]), ["x"] * 3)
     np.testing.assert_allclose(got, (pool[0] @ target[0].T).mean(1), rtol=1e-6)
 
 
@@ -63,3 +62,29 @@ def test_top_indices_fraction_k_and_ties():
     assert top_indices(scores, 0.2, None, n_pool=20)[1] == 4  # a fraction of the whole pool
     assert top_indices(scores, 1.0, None, n_pool=20)[1] == 10  # capped at the scored rows
     assert sorted(order.tolist()) == list(range(10))
+
+
+def test_top_k_partial_sort_equals_full_sort():
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.normal(size=5000), 2).astype(np.float32)  # many ties
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    for k in (1, 7, 250, 4999, 5000):
+        assert top_k(scores, k).tolist() == order[:k].tolist()
+
+
+def test_chunked_scoring_from_memmaps_equals_in_memory(tmp_path):
+    from less.gradients.store import FeatureArray, quantize
+
+    rng = np.random.default_rng(2)
+    lrs = [3.0, 1.0]
+    pool = [unit_rows(rng, 1000, 64) for _ in lrs]
+    target = [unit_rows(rng, 9, 64) for _ in lrs]
+    subtasks = ["a", "b", "c"] * 3
+    arrays = []
+    for i, p in enumerate(pool):
+        np.save(tmp_path / f"p{i}.npy", quantize(p, "float32")[""])
+        arrays.append(FeatureArray(tmp_path / f"p{i}.npy", "float32", 64))
+    mem = less_scores(pool, target, checkpoint_weights(lrs), subtasks, chunk=10**6)
+    chunked = less_scores(arrays, target, checkpoint_weights(lrs), subtasks, chunk=37)
+    np.testing.assert_allclose(chunked, mem, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(mem, brute_force(pool, target, lrs, subtasks), rtol=1e-5, atol=1e-6)

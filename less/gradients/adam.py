@@ -7,11 +7,14 @@ section 1).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from less.errors import DataError
+
+OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin")
 
 
 def adam_direction(g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
@@ -19,33 +22,53 @@ def adam_direction(g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
     return (beta1 * m + (1 - beta1) * g) / torch.sqrt(beta2 * v + (1 - beta2) * g * g + eps)
 
 
-def load_moments(ckpt: Path, optimizer_param_names: list[str],
-                 expected: dict[str, tuple[int, ...]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Read ``optimizer.pt`` of a checkpoint and return {parameter name: (exp_avg, exp_avg_sq)}.
+@dataclass
+class Moments:
+    by_name: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    betas: tuple[float, float] | None  # from the saved param groups, when present
+    eps: float | None
+    path: Path
 
-    Accepts both layouts: state keyed by integer index (plain Trainer; mapped to names through the
-    optimizer's parameter order recorded at save time) and state keyed by name (FSDP-style).
-    Every expected parameter must be present with the expected shape.
+
+def load_moments(ckpt: Path, optimizer_param_names: list[str] | None,
+                 expected: dict[str, tuple[int, ...]]) -> Moments:
+    """Read a checkpoint's optimizer state and return the moments of every expected parameter.
+
+    Layouts: ``optimizer.pt`` (transformers Trainer) or ``optimizer.bin`` (accelerate / FSDP, the
+    reference LESS warmup), with state keyed by integer index or by parameter name. Integer
+    indices are mapped to names through ``optimizer_param_names`` (the order recorded at save
+    time) or, when that is None, the trainable-parameter order of ``expected``. Every expected
+    parameter must be present with the expected shape.
     """
-    path = Path(ckpt) / "optimizer.pt"
-    if not path.is_file():
-        raise DataError(f"{path}: optimizer state missing from warmup checkpoint")
+    path = next((Path(ckpt) / f for f in OPTIMIZER_FILES if (Path(ckpt) / f).is_file()), None)
+    if path is None:
+        raise DataError(f"{ckpt}: optimizer state missing from warmup checkpoint "
+                        f"(looked for {', '.join(OPTIMIZER_FILES)})")
     sd = torch.load(path, map_location="cpu", weights_only=True)
-    state = sd["state"]
+    if "state" not in sd:
+        raise DataError(f"{path}: not an optimizer state dict (no 'state')")
+    state, groups = sd["state"], sd.get("param_groups", [])
     if state and all(isinstance(k, str) for k in state):
         by_name = state
     else:
-        order = [i for g in sd["param_groups"] for i in g["params"]]
-        if len(order) != len(optimizer_param_names):
-            raise DataError(f"{path}: optimizer has {len(order)} parameters, checkpoint metadata names "
-                            f"{len(optimizer_param_names)}")
-        by_name = {optimizer_param_names[pos]: state[idx] for pos, idx in enumerate(order) if idx in state}
+        names = optimizer_param_names if optimizer_param_names is not None else list(expected)
+        order = [i for g in groups for i in g["params"]] if groups else sorted(state)
+        if len(order) != len(names):
+            raise DataError(f"{path}: optimizer has {len(order)} parameters, the model has {len(names)} "
+                            "trainable ones")
+        by_name = {names[pos]: state[idx] for pos, idx in enumerate(order) if idx in state}
     out = {}
     for name, shape in expected.items():
         if name not in by_name:
             raise DataError(f"{path}: no Adam moments for parameter {name}")
         m, v = by_name[name]["exp_avg"], by_name[name]["exp_avg_sq"]
         if tuple(m.shape) != tuple(shape) or tuple(v.shape) != tuple(shape):
-            raise DataError(f"{path}: moments of {name} have shape {tuple(m.shape)}, expected {shape}")
+            if m.numel() == v.numel() == torch.Size(shape).numel() and m.dim() == 1:  # FSDP flattened
+                m, v = m.view(shape), v.view(shape)
+            else:
+                raise DataError(f"{path}: moments of {name} have shape {tuple(m.shape)}, expected {tuple(shape)}")
         out[name] = (m.float(), v.float())
-    return out
+    g0 = groups[0] if groups else {}
+    betas = tuple(float(b) for b in g0["betas"]) if "betas" in g0 else None
+    eps = float(g0["eps"]) if "eps" in g0 else None
+    return Moments(out, betas, eps, path)

@@ -1,16 +1,18 @@
 """Exact per-example gradients of every trainable Linear weight from one batched backward pass.
 
-Forward hooks keep each trainable Linear's input activations x (B, T, in) and a tensor hook keeps
-the gradient of its output g (B, T, out); example b's weight gradient is then
-``sum_t g[b, t]^T x[b, t]``. The loss is the sum over examples of each example's mean token
-cross-entropy over its labelled tokens, so every example's gradient equals its batch-size-1
-gradient. Padded positions carry no label and, under the causal mask, influence no labelled
-position, so their output gradient is zero and they contribute nothing.
+Forward hooks keep each trainable Linear's input activations x (B, T, in) and a tensor hook on its
+output receives the output gradient g (B, T, out) during the backward pass; example b's weight
+gradient is ``sum_t g[b, t]^T x[b, t]``, handed to ``on_grad`` as soon as it appears (so the caller
+can map and store it, and the activation is freed). The loss is the sum over examples of each
+example's mean token cross-entropy over its labelled tokens, so every example's gradient equals its
+batch-size-1 gradient. Padded positions carry no label and, under the causal mask, influence no
+labelled position, so their output gradient is zero and they contribute nothing. With gradient
+checkpointing the recomputed forward is ignored (activations are identical).
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,30 +51,51 @@ class PerExampleGradients:
             self.names.append(name)
             self.modules.append(mod)
         self.shapes = [tuple(m.weight.shape) for m in self.modules]
+        self.numels = [a * b for a, b in self.shapes]
         self._acts: dict[int, torch.Tensor] = {}
-        self._gouts: dict[int, torch.Tensor] = {}
+        self._in_forward = False
+        self._on_grad: Callable[[int, torch.Tensor], None] | None = None
+        self._seen: set[int] = set()
         self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.modules)]
 
     def _hook(self, i: int):
         def hook(module, inputs, output):
+            if not self._in_forward:  # recomputation under gradient checkpointing
+                return
             if i in self._acts:
                 raise RuntimeError(f"{self.names[i]} ran twice in one forward; unsupported")
             self._acts[i] = inputs[0].detach()
-            output.register_hook(lambda g: self._gouts.__setitem__(i, g.detach()))
+            output.register_hook(lambda g: self._grad(i, g))
         return hook
+
+    def _grad(self, i: int, g: torch.Tensor) -> None:
+        x = self._acts.pop(i)
+        self._seen.add(i)
+        self._on_grad(i, torch.einsum("bto,bti->boi", g.float(), x.float()))
 
     def close(self) -> None:
         for h in self._handles:
             h.remove()
 
-    def __call__(self, input_ids, attention_mask, labels) -> Iterator[tuple[int, torch.Tensor]]:
-        """Yield (parameter index, per-example gradients of shape (B, out, in)) in parameter order."""
+    def run(self, input_ids, attention_mask, labels, on_grad: Callable[[int, torch.Tensor], None]) -> None:
+        """One forward/backward; ``on_grad(parameter index, (B, out, in) gradients)`` per parameter."""
         self._acts.clear()
-        self._gouts.clear()
+        self._seen.clear()
+        self._on_grad = on_grad
         with torch.enable_grad():
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            self._in_forward = True
+            try:
+                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            finally:
+                self._in_forward = False
             per_example_loss(logits, labels).sum().backward()
         self.model.zero_grad(set_to_none=True)
-        for i in range(len(self.modules)):
-            x, g = self._acts.pop(i), self._gouts.pop(i)
-            yield i, torch.einsum("bto,bti->boi", g.float(), x.float())
+        if len(self._seen) != len(self.modules):
+            missing = [self.names[i] for i in range(len(self.modules)) if i not in self._seen]
+            raise RuntimeError(f"no gradient reached {missing[:3]}... ({len(missing)} parameters)")
+
+    def __call__(self, input_ids, attention_mask, labels) -> dict[int, torch.Tensor]:
+        """All per-example gradients at once (tests and small models): {index: (B, out, in)}."""
+        out: dict[int, torch.Tensor] = {}
+        self.run(input_ids, attention_mask, labels, lambda i, g: out.__setitem__(i, g))
+        return dict(sorted(out.items()))

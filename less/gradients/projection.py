@@ -1,29 +1,51 @@
-"""Deterministic Rademacher random projection, a pure function of (seed, parameter index, column).
+"""Deterministic Rademacher random projection: entry (row, col) of parameter p's matrix is a pure
+function of (seed, p, row, col).
 
-Column block c of parameter i's matrix is drawn from a CPU generator seeded by hash(seed, i, c), so
-the projection is the same on CPU and GPU, for any batching or chunking, and the first k columns of
-a d-dim projection are exactly the k-dim projection: every smaller dim of a sweep comes out of one
-pass at the largest dim.
+Bits come from a counter-based hash (splitmix64-style mixing in int64 tensor ops, logical shifts
+emulated by masking), one 64-bit word per (row, 64 columns), so the matrix is identical on CPU and
+CUDA, for any batching, chunking or shard, and the first k columns of a d-dim projection are
+exactly the k-dim projection: every smaller dim of a sweep comes out of one pass at the largest.
+Blocks are generated on the compute device, once per projected batch, in row chunks that are
+multiplied in as they are made; a parameter's whole matrix is cached only when it fits the budget.
 """
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
-BLOCK_COLS = 256
+WORD = 64
+ROW_CHUNK = 512
+_M1, _M2 = -7723592293110705685, -4658895280553007687  # 0x94D049BB133111EB, 0xBF58476D1CE4E5B9
+_GOLD = -7046029254386353131                            # 0x9E3779B97F4A7C15
+_COL = 0x632BE59BD9B4E019
 
 
-def block_seed(seed: int, param_index: int, block: int) -> int:
-    h = hashlib.sha256(f"less-proj:{seed}:{param_index}:{block}".encode()).digest()
-    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+def _srl(x: torch.Tensor, k: int) -> torch.Tensor:
+    return (x >> k) & ((1 << (64 - k)) - 1)
 
 
-def rademacher_block(seed: int, param_index: int, block: int, numel: int) -> torch.Tensor:
-    g = torch.Generator(device="cpu").manual_seed(block_seed(seed, param_index, block))
-    bits = torch.randint(0, 2, (numel, BLOCK_COLS), generator=g, dtype=torch.int8)
-    return bits.mul_(2).sub_(1)
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    x = x ^ _srl(x, 31)
+    x = x * _M1
+    x = x ^ _srl(x, 29)
+    x = x * _M2
+    return x ^ _srl(x, 32)
+
+
+def param_key(seed: int, param_index: int) -> int:
+    k = _mix(torch.tensor([seed * 1_000_003 + param_index], dtype=torch.int64))
+    return int(k.item())
+
+
+def rademacher_rows(seed: int, param_index: int, row_start: int, row_stop: int, n_cols: int,
+                    device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Rows [row_start, row_stop) of parameter ``param_index``'s matrix, first ``n_cols`` columns (+-1)."""
+    rows = torch.arange(row_start, row_stop, dtype=torch.int64, device=device)
+    words = torch.arange(-(-n_cols // WORD), dtype=torch.int64, device=device)
+    h = _mix(_mix(rows * _GOLD + param_key(seed, param_index))[:, None] + words[None, :] * _COL)
+    shifts = torch.arange(8, dtype=torch.uint8, device=device)
+    bits = (h.view(torch.uint8).view(len(rows), -1).unsqueeze(-1) >> shifts) & 1
+    return bits.view(len(rows), -1)[:, :n_cols].to(dtype).mul_(2).sub_(1)
 
 
 class RademacherProjector:
@@ -36,11 +58,10 @@ class RademacherProjector:
         self._cached_bytes = 0
 
     def matrix(self, param_index: int, numel: int) -> torch.Tensor:
+        """The whole (numel, dim) matrix (cached if it fits the budget)."""
         if param_index in self._cache:
             return self._cache[param_index]
-        n_blocks = -(-self.dim // BLOCK_COLS)
-        m = torch.cat([rademacher_block(self.seed, param_index, b, numel) for b in range(n_blocks)], 1)
-        m = m[:, : self.dim].to(self.device, torch.float32)
+        m = rademacher_rows(self.seed, param_index, 0, numel, self.dim, self.device)
         if self._cached_bytes + m.numel() * 4 <= self.cache_bytes:
             self._cache[param_index] = m
             self._cached_bytes += m.numel() * 4
@@ -48,4 +69,12 @@ class RademacherProjector:
 
     def project(self, param_index: int, grads: torch.Tensor) -> torch.Tensor:
         """grads (B, numel) for one parameter -> its contribution (B, dim) to the projection."""
-        return grads.float() @ self.matrix(param_index, grads.shape[1])
+        numel = grads.shape[1]
+        grads = grads.float()
+        if param_index in self._cache or numel * self.dim * 4 + self._cached_bytes <= self.cache_bytes:
+            return grads @ self.matrix(param_index, numel)
+        out = torch.zeros((grads.shape[0], self.dim), device=grads.device)
+        for r0 in range(0, numel, ROW_CHUNK):  # generate and multiply in row chunks
+            r1 = min(numel, r0 + ROW_CHUNK)
+            out.addmm_(grads[:, r0:r1], rademacher_rows(self.seed, param_index, r0, r1, self.dim, self.device))
+        return out

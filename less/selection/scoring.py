@@ -26,32 +26,45 @@ def subtask_groups(subtasks: Sequence[str]) -> dict[str, np.ndarray]:
     return {s: np.asarray(ix) for s, ix in groups.items()}
 
 
-def less_scores(pool: Sequence[np.ndarray], target: Sequence[np.ndarray], weights: np.ndarray,
-                subtasks: Sequence[str], chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """Return (score per pool row, per-subtask mean score (N, S)); pool arrays may be memory-mapped."""
+def less_scores(pool: Sequence, target: Sequence[np.ndarray], weights: np.ndarray,
+                subtasks: Sequence[str], chunk: int = 16384) -> np.ndarray:
+    """Score per pool row, computed chunk by chunk: pool arrays may be memory-mapped (or any
+    object whose row slices decode to float32), so peak memory is one chunk plus the scores."""
     if not (len(pool) == len(target) == len(weights)):
         raise ValueError("one pool array, one target array and one weight per checkpoint")
-    groups = subtask_groups(subtasks)
-    n = pool[0].shape[0]
-    per_sub = np.empty((n, len(groups)), dtype=np.float32)
+    groups = list(subtask_groups(subtasks).values())
+    # mean within a subtask = one product with the subtask's mean target row (linearity)
+    means = [np.stack([np.asarray(t, np.float32)[ix].mean(0) for ix in groups], 1) for t in target]
+    n = len(pool[0])
+    scores = np.empty(n, dtype=np.float32)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        sim = sum(w * (np.asarray(p[start:stop], np.float32) @ np.asarray(t, np.float32).T)
-                  for w, p, t in zip(weights, pool, target))
-        for j, ix in enumerate(groups.values()):
-            per_sub[start:stop, j] = sim[:, ix].mean(1)
-    return per_sub.max(1), per_sub
+        per_sub = sum(np.float32(w) * (np.asarray(p[start:stop], np.float32) @ m)
+                      for w, p, m in zip(weights, pool, means))
+        scores[start:stop] = per_sub.max(1)
+    return scores
+
+
+def n_selected(n_scored: int, fraction: float | None, k: int | None, n_pool: int | None = None) -> int:
+    """How many to select: ``k``, or ``fraction`` of ``n_pool`` (the whole pool, default: the
+    scored rows), at least one and at most the scored rows."""
+    n_sel = int(k) if k is not None else int(round(fraction * (n_pool if n_pool is not None else n_scored)))
+    return max(1, min(n_sel, n_scored))
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k best scores, best first (ties by index), by partial sort."""
+    k = min(k, len(scores))
+    part = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    # ties at the boundary: argpartition may pick any of them; keep the lowest indices
+    cut = scores[part].min()
+    part = np.union1d(part[scores[part] > cut], np.flatnonzero(scores == cut))
+    part = part[np.lexsort((part, -scores[part]))]
+    return part[:k]
 
 
 def top_indices(scores: np.ndarray, fraction: float | None, k: int | None,
                 n_pool: int | None = None) -> tuple[np.ndarray, int]:
-    """One global descending order (ties by index) and how many of its head are selected.
-
-    ``fraction`` is of ``n_pool`` (the whole pool, default: the scored rows), capped at the rows.
-    """
+    """One global descending order of every row (ties by index) and how many of its head are selected."""
     order = np.lexsort((np.arange(len(scores)), -scores))
-    if k is not None:
-        n_sel = int(k)
-    else:
-        n_sel = int(round(fraction * (n_pool if n_pool is not None else len(scores))))
-    return order, max(1, min(n_sel, len(scores)))
+    return order, n_selected(len(scores), fraction, k, n_pool)

@@ -1,0 +1,109 @@
+"""Feature storage: chunk files written as extraction goes (resumable, shardable), assembled into
+one memory-mappable array per (checkpoint, dim), in float16/float32 or quantised (int8 with a
+per-row scale, or 1 bit per coordinate as in QLESS), and read back as float32 chunk by chunk."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+DTYPES = ("float16", "float32", "int8", "bit")
+CHUNK_RE = re.compile(r"^(\d+)-(\d+)\.npy$")
+
+
+def save_npy_atomic(path: Path, x: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, x)
+    os.replace(tmp, path)
+
+
+def quantize(x: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
+    """Arrays to store for float32 rows ``x``: {"": data} plus {".scale": per-row scale} for int8."""
+    if dtype in ("float16", "float32"):
+        return {"": x.astype(dtype)}
+    if dtype == "int8":
+        scale = np.abs(x).max(axis=1) / 127.0
+        scale[scale == 0] = 1.0
+        return {"": np.round(x / scale[:, None]).astype(np.int8), ".scale": scale.astype(np.float32)}
+    if dtype == "bit":
+        return {"": np.packbits(x > 0, axis=1)}
+    raise ValueError(f"unknown storage dtype {dtype!r}")
+
+
+class FeatureArray:
+    """Read-only (rows, dim) float32 view of a stored feature array, decoded slice by slice."""
+
+    def __init__(self, path: Path, dtype: str, dim: int):
+        self.path, self.dtype, self.dim = Path(path), dtype, dim
+        self.data = np.load(self.path, mmap_mode="r")
+        self.scale = np.load(self.path.with_suffix(".scale.npy"), mmap_mode="r") if dtype == "int8" else None
+        self.shape = (self.data.shape[0], dim)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        x = self.data[rows]
+        if self.dtype == "int8":
+            return x.astype(np.float32) * self.scale[rows][:, None]
+        if self.dtype == "bit":  # signs, scaled to unit rows
+            return (np.unpackbits(x, axis=1, count=self.dim).astype(np.float32) * 2 - 1) / np.sqrt(self.dim)
+        return np.asarray(x, dtype=np.float32)
+
+    def __array__(self, dtype=None, copy=None):
+        x = self[0: len(self)]
+        return x if dtype is None else x.astype(dtype)
+
+
+def chunk_dir(work: Path, epoch: int, dim: int) -> Path:
+    return work / f"ckpt{epoch}" / f"d{dim}"
+
+
+def chunk_path(work: Path, epoch: int, dim: int, start: int, stop: int) -> Path:
+    return chunk_dir(work, epoch, dim) / f"{start:010d}-{stop:010d}.npy"
+
+
+def write_chunk(work: Path, epoch: int, feats: dict[int, np.ndarray], start: int, stop: int, dtype: str) -> None:
+    """Write one chunk's rows for every dim; the largest dim goes last and marks the chunk done."""
+    for d in sorted(feats):
+        p = chunk_path(work, epoch, d, start, stop)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        for suffix, arr in quantize(feats[d], dtype).items():
+            save_npy_atomic(p.with_suffix(suffix + ".npy") if suffix else p, arr)
+
+
+def chunk_done(work: Path, epoch: int, dmax: int, start: int, stop: int) -> bool:
+    return chunk_path(work, epoch, dmax, start, stop).is_file()
+
+
+def assemble(work: Path, out: Path, epoch: int, dim: int, n_rows: int, dtype: str) -> str:
+    """Concatenate a (checkpoint, dim)'s chunk files into ``out/ckpt<e>_d<dim>.npy``; the chunks
+    must tile [0, n_rows) exactly (no duplicated or missing rows)."""
+    d = chunk_dir(work, epoch, dim)
+    spans = sorted((int(m[1]), int(m[2]), d / m[0]) for f in d.iterdir() if (m := CHUNK_RE.match(f.name)))
+    expect = 0
+    for a, b, _ in spans:
+        if a != expect:
+            raise RuntimeError(f"{d}: rows {expect}..{a} missing or overlapping chunks")
+        expect = b
+    if expect != n_rows:
+        raise RuntimeError(f"{d}: chunks cover {expect} of {n_rows} rows")
+    name = f"ckpt{epoch}_d{dim}.npy"
+    first = np.load(spans[0][2], mmap_mode="r")
+    dst = np.lib.format.open_memmap(out / name, mode="w+", dtype=first.dtype, shape=(n_rows, first.shape[1]))
+    scale = np.lib.format.open_memmap(out / name.replace(".npy", ".scale.npy"), mode="w+", dtype=np.float32,
+                                      shape=(n_rows,)) if dtype == "int8" else None
+    for a, b, path in spans:
+        dst[a:b] = np.load(path, mmap_mode="r")
+        if scale is not None:
+            scale[a:b] = np.load(path.with_suffix(".scale.npy"))
+    dst.flush()
+    del dst
+    if scale is not None:
+        scale.flush()
+    return name

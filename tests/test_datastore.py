@@ -1,0 +1,258 @@
+"""The datastore at scale: batched per-example features vs batch size 1, optimizer layouts,
+projection invariance, gradient checkpointing, quantised storage, shards and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from less.data.formats import Encoded
+from less.errors import DataError
+from less.gradients.adam import adam_direction, load_moments
+from less.gradients.features import FeatureExtractor, token_budget_batches
+from less.gradients.per_example import per_example_loss
+from less.gradients.projection import RademacherProjector, rademacher_rows
+from less.gradients.store import FeatureArray, quantize
+from tests.conftest import ROOT, run_cli
+from tests.test_gradients import tiny_lora_model, variable_batch
+
+
+def encoded(lengths, seed=1):
+    ids, mask, labels = variable_batch(lengths, seed=seed)
+    n = [int(mask[r].sum()) for r in range(len(lengths))]
+    return Encoded([f"e{i}" for i in range(len(lengths))], [ids[r, : n[r]].tolist() for r in range(len(n))],
+                   [labels[r, : n[r]].tolist() for r in range(len(n))])
+
+
+def fake_moments(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {n: (torch.randn(p.shape, generator=g) * 1e-3, torch.rand(p.shape, generator=g) * 1e-6)
+            for n, p in model.named_parameters() if p.requires_grad}
+
+
+def bs1_reference(model, enc, moments, dims, seed):
+    """Batch size 1, full flat gradient via autograd, Adam map, one projection per example."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    proj = RademacherProjector(max(dims), seed, torch.device("cpu"), cache_bytes=0) if dims else None
+    rows = []
+    for i in range(len(enc)):
+        ids = torch.tensor([enc.input_ids[i]])
+        loss = per_example_loss(model(input_ids=ids).logits, torch.tensor([enc.labels[i]])).sum()
+        grads = torch.autograd.grad(loss, params)
+        if moments is not None:
+            grads = [adam_direction(g, *moments[n]) for g, n in zip(grads, names)]
+        if proj is None:
+            rows.append(torch.cat([g.flatten() for g in grads]))
+        else:
+            rows.append(sum(proj.project(k, g.flatten()[None])[0] for k, g in enumerate(grads)))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("adam", [True, False])
+@pytest.mark.parametrize("dims", [[64, 256], None])
+def test_batched_features_equal_batch_size_one(adam, dims):
+    model = tiny_lora_model()
+    model.eval()
+    enc = encoded([9, 5, 12, 7, 4, 11])
+    moments = fake_moments(model) if adam else None
+    ex = FeatureExtractor(model, pad_id=0, dims=dims, seed=3, device=torch.device("cpu"), moments=moments,
+                          token_budget=30, max_batch=4, projection_batch=3)
+    assert max(len(b) for b in token_budget_batches([len(x) for x in enc.input_ids], 30, 4)) > 1
+    got = ex.unscaled(enc, list(range(len(enc))))
+    ex.close()
+    ref = bs1_reference(model, enc, moments, dims, seed=3)
+    assert got.shape == ref.shape
+    rel = ((got - ref).norm(dim=1) / ref.norm(dim=1)).max().item()
+    assert rel <= 1e-4, rel
+
+
+def test_features_independent_of_batching_and_projection_batch():
+    model = tiny_lora_model()
+    enc = encoded([9, 5, 12, 7, 4, 11, 8])
+    out = []
+    for budget, proj_batch in ((1000, 100), (12, 1), (40, 2)):
+        ex = FeatureExtractor(model, pad_id=0, dims=[128], seed=0, device=torch.device("cpu"),
+                              token_budget=budget, max_batch=8, projection_batch=proj_batch)
+        out.append(ex.unscaled(enc, [6, 0, 3, 1, 2, 5, 4]))
+        ex.close()
+    for x in out[1:]:
+        assert ((x - out[0]).norm(dim=1) / out[0].norm(dim=1)).max() <= 1e-5
+
+
+def test_gradient_checkpointing_gives_the_same_features():
+    model = tiny_lora_model()
+    enc = encoded([9, 5, 12])
+    ex = FeatureExtractor(model, pad_id=0, dims=[64], seed=0, device=torch.device("cpu"))
+    plain = ex.unscaled(enc, [0, 1, 2])
+    ex.close()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ex = FeatureExtractor(model, pad_id=0, dims=[64], seed=0, device=torch.device("cpu"))
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.eval()
+    assert model.base_model.model.model.gradient_checkpointing
+    ckpt = ex.unscaled(enc, [0, 1, 2])
+    ex.close()
+    assert ((ckpt - plain).norm(dim=1) / plain.norm(dim=1)).max() <= 1e-5
+
+
+def test_token_budget_batches():
+    lengths = [5, 50, 7, 30, 6, 200]
+    batches = token_budget_batches(lengths, 60, 3)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    for b in batches:
+        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 60
+        assert len(b) <= 3
+    assert [5] in batches  # an over-long example alone
+
+
+def test_projection_rows_are_pure_and_chunk_invariant():
+    full = rademacher_rows(7, 2, 0, 1000, 300, torch.device("cpu"))
+    part = torch.cat([rademacher_rows(7, 2, a, b, 300, torch.device("cpu")) for a, b in ((0, 333), (333, 1000))])
+    assert torch.equal(full, part)
+    assert torch.equal(rademacher_rows(7, 2, 0, 1000, 100, torch.device("cpu")), full[:, :100])
+    assert abs(full.mean().item()) < 0.01 and set(full.unique().tolist()) == {-1.0, 1.0}
+    gram = full.T @ full / 1000
+    assert (gram - torch.eye(300)).abs().max() < 0.2
+    x = torch.randn(3, 1000)
+    chunked = RademacherProjector(300, 7, torch.device("cpu"), cache_bytes=0).project(2, x)
+    cached = RademacherProjector(300, 7, torch.device("cpu")).project(2, x)
+    torch.testing.assert_close(chunked, cached, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_projection_identical_on_cuda():
+    cpu = rademacher_rows(1, 3, 0, 4096, 512, torch.device("cpu"))
+    assert torch.equal(cpu, rademacher_rows(1, 3, 0, 4096, 512, torch.device("cuda")).cpu())
+
+
+def _opt_state(model, tmp_path, layout):
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=0.1, betas=(0.8, 0.99), eps=1e-6)
+    model(input_ids=torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    opt.step()
+    sd = opt.state_dict()
+    truth = {n: opt.state[p]["exp_avg"] for n, p in zip(names, params)}
+    if layout == "bin_by_name":
+        sd["state"] = {names[i]: s for i, s in sd["state"].items()}
+    if layout == "fsdp_flat":
+        sd["state"] = {names[i]: {k: (v.flatten() if k.startswith("exp") else v) for k, v in s.items()}
+                       for i, s in sd["state"].items()}
+    torch.save(sd, tmp_path / ("optimizer.pt" if layout == "pt_by_index" else "optimizer.bin"))
+    return names, truth
+
+
+@pytest.mark.parametrize("layout", ["pt_by_index", "bin_by_name", "fsdp_flat"])
+def test_optimizer_layouts_load_with_betas_and_eps(layout, tmp_path):
+    model = tiny_lora_model()
+    _, truth = _opt_state(model, tmp_path, layout)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+    mom = load_moments(tmp_path, None, shapes)  # integer keys: trainable-parameter order
+    assert mom.betas == (0.8, 0.99) and mom.eps == 1e-6
+    for n, m in truth.items():
+        torch.testing.assert_close(mom.by_name[n][0], m)
+    bad = dict(shapes)
+    first = next(iter(bad))
+    bad[first] = (3, 3)
+    with pytest.raises(DataError, match=f"moments of {first.replace('.', '.')}"):
+        load_moments(tmp_path, None, bad)
+
+
+def test_quantised_storage_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    for dtype, tol in (("float32", 0), ("float16", 1e-3), ("int8", 1e-2)):
+        arrs = quantize(x, dtype)
+        np.save(tmp_path / f"{dtype}.npy", arrs[""])
+        if ".scale" in arrs:
+            np.save(tmp_path / f"{dtype}.scale.npy", arrs[".scale"])
+        back = FeatureArray(tmp_path / f"{dtype}.npy", dtype, 64)[0:50]
+        assert np.abs(back - x).max() <= tol
+    np.save(tmp_path / "bit.npy", quantize(x, "bit")[""])
+    bits = FeatureArray(tmp_path / "bit.npy", "bit", 64)
+    assert bits.data.nbytes == 50 * 8  # 1 bit per coordinate
+    np.testing.assert_allclose(np.linalg.norm(bits[0:50], axis=1), 1, rtol=1e-6)
+    assert (np.sign(bits[0:50]) == np.where(x > 0, 1, -1)).all()
+
+
+# ------------------------------------------------------------- shards and resume (subprocesses)
+SMALL = ["logger=none", "datastore.chunk_size=16", "pool.n_per_skill=40"]
+
+
+def store_arrays(res_dir: Path) -> dict[str, np.ndarray]:
+    res = json.loads((res_dir / "results.json").read_text())
+    d = Path(res["selection"]["datastore"])
+    man = json.loads((d / "manifest.json").read_text())
+    return {f["path"].split("/")[-1] + f["split"]: np.load(d / f["path"]) for f in man["files"]}
+
+
+@pytest.fixture(scope="module")
+def unsharded(tmp_path_factory):
+    base = tmp_path_factory.mktemp("unsharded")
+    proc = run_cli([*SMALL, "stages=[prepare,warmup,datastore,select]"], base / "cache", base / "out")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return base
+
+
+def test_two_shards_equal_one_bitwise(unsharded, tmp_path):
+    cache = tmp_path / "cache"
+    proc = run_cli([*SMALL, "datastore.shard=0,1", "datastore.num_shards=2", "hydra/launcher=joblib",
+                    "hydra.launcher.n_jobs=2", "stages=[prepare,warmup,datastore]"], cache, tmp_path / "sweep",
+                   multirun=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = [json.loads((tmp_path / "sweep" / str(j) / "results.json").read_text()) for j in (0, 1)]
+    assert any(j["stages"]["datastore"].get("complete", True) for j in jobs)
+    sel = run_cli([*SMALL, "stages=[select]"], cache, tmp_path / "select")
+    assert sel.returncode == 0, sel.stderr[-3000:]
+    a, b = store_arrays(unsharded / "out"), store_arrays(tmp_path / "select")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    ra = json.loads((unsharded / "out" / "results.json").read_text())["selection"]["ranking"]
+    rb = json.loads((tmp_path / "select" / "results.json").read_text())["selection"]["ranking"]
+    assert Path(ra).read_text() == Path(rb).read_text()
+    assert not list(cache.glob("features/.work-*"))  # chunk files removed once assembled
+
+
+def test_one_shard_alone_cannot_be_selected_from(tmp_path):
+    proc = run_cli([*SMALL, "datastore.shard=1", "datastore.num_shards=3", "stages=[prepare,warmup,datastore,select]"],
+                   tmp_path / "cache", tmp_path / "out")
+    assert proc.returncode == 2
+    assert "pool features are incomplete (shard 1 of 3 done)" in proc.stderr
+
+
+def test_killed_extraction_resumes_to_the_same_store(unsharded, tmp_path):
+    cache = tmp_path / "cache"
+    ok = run_cli([*SMALL, "stages=[prepare,warmup]"], cache, tmp_path / "warm")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    env = {**os.environ, "LESS_CACHE_DIR": str(cache)}
+    cmd = [sys.executable, str(ROOT / "run.py"), *SMALL, "stages=[prepare,warmup,datastore]",
+           f"hydra.run.dir={tmp_path / 'killed'}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(cache.glob("features/.work-*/ckpt*/d*/*.npy"))) < 12:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = len(list(cache.glob("features/.work-*/ckpt*/d*/[0-9]*.npy")))
+    assert written >= 12, "the extraction finished or never started before the kill"
+    assert not list(cache.glob("features/[0-9a-f]*/")), "killed before assembly, nothing may look complete"
+    again = run_cli([*SMALL, "stages=[prepare,warmup,datastore,select]"], cache, tmp_path / "resumed")
+    assert again.returncode == 0, again.stderr[-3000:]
+    a, b = store_arrays(unsharded / "out"), store_arrays(tmp_path / "resumed")
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
