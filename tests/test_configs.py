@@ -64,3 +64,10 @@ def test_bad_values_name_their_key(override, key):
     validate(compose())  # the default is valid
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(compose([override]))
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "slurm"])
+def test_launcher_configs_compose(launcher):
+    cfg = compose([f"hydra/launcher={launcher}", "datastore.num_shards=4", "datastore.shard=3"])
+    target = cfg.hydra.launcher._target_
+    assert ("Joblib" in target) if launcher == "joblib" else ("Slurm" in target and cfg.hydra.launcher.gpus_per_node == 1)

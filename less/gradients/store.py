@@ -35,13 +35,47 @@ def quantize(x: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
     raise ValueError(f"unknown storage dtype {dtype!r}")
 
 
+class NpyRows:
+    """Row slices of a 2-D (or 1-D) ``.npy`` file read with plain file reads: unlike a memory map,
+    pages read for one chunk do not stay in the process's resident memory."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as fh:
+            major, _ = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, self.dtype = read(fh)
+            self.offset = fh.tell()
+        if fortran:
+            raise ValueError(f"{path}: Fortran-ordered arrays are not supported")
+        self.shape = shape
+        self.row = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise ValueError("only contiguous row slices")
+        n = max(0, stop - start)
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset + start * self.row * self.dtype.itemsize)
+            x = np.fromfile(fh, dtype=self.dtype, count=n * self.row)
+        return x.reshape((n, *self.shape[1:]))
+
+
 class FeatureArray:
     """Read-only (rows, dim) float32 view of a stored feature array, decoded slice by slice."""
 
     def __init__(self, path: Path, dtype: str, dim: int):
         self.path, self.dtype, self.dim = Path(path), dtype, dim
-        self.data = np.load(self.path, mmap_mode="r")
-        self.scale = np.load(self.path.with_suffix(".scale.npy"), mmap_mode="r") if dtype == "int8" else None
+        self.data = NpyRows(self.path)
+        self.scale = NpyRows(self.path.with_suffix(".scale.npy")) if dtype == "int8" else None
         self.shape = (self.data.shape[0], dim)
 
     def __len__(self) -> int:

@@ -1,0 +1,165 @@
+"""Feature-extraction benchmark: LESS's batched per-example Adam features vs the floor and vs the
+reference implementation's method, on one workload in one run.
+
+    python benchmarks/extract_features.py                 # CPU default (paper proportions, small)
+    python benchmarks/extract_features.py --preset 1b --device cuda
+
+Prints examples/s; extraction time / a plain batched forward+backward over the same batches (the
+floor: nothing that needs gradients beats it); the speedup over the reference method (batch size 1,
+full flat gradient, projection every 16 examples with the random matrix regenerated on every call,
+as its CPU projector does); projection GFLOP/s vs torch.matmul on the same shapes; peak RSS; and
+last the line ``extract_vs_fwdbwd=<x> speedup_vs_bs1=<y>``.
+
+The default keeps the paper's proportion of projection to model compute (LoRA params x d relative
+to model params x length: ~0.16 for Llama-2-7B, r=128, d=8192, length 512): Llama hidden 256,
+4 layers, vocab 32,000, LoRA r=8 on q/k/v/o, length 128, 64 examples, d=8192.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+
+from less.data.formats import Encoded
+from less.gradients.adam import adam_direction
+from less.gradients.features import FeatureExtractor, pad_batch, token_budget_batches
+from less.gradients.per_example import per_example_loss
+from less.gradients.projection import RademacherProjector
+
+PRESETS = {
+    "cpu": dict(hidden=256, layers=4, heads=4, inter=688, vocab=32000, rank=8, length=128, n=64, dim=8192,
+                token_budget=2048, projection_batch=64),
+    "1b": dict(hidden=2048, layers=16, heads=16, inter=5504, vocab=32000, rank=64, length=512, n=256, dim=8192,
+               token_budget=16384, projection_batch=64),
+}
+
+
+def build(a, device):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.inter,
+                      num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.heads,
+                      max_position_embeddings=max(2048, a.length), attn_implementation="sdpa")
+    model = get_peft_model(LlamaForCausalLM(cfg).to(device, torch.float32),
+                           LoraConfig(r=a.rank, lora_alpha=4 * a.rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, a.vocab, (a.n, a.length), generator=g)
+    prompt = a.length // 4  # loss on the last three quarters (the "response")
+    labels = ids.clone()
+    labels[:, :prompt] = -100
+    enc = Encoded([str(i) for i in range(a.n)], ids.tolist(), labels.tolist())
+    moments = {n: (torch.randn(p.shape, generator=g) * 1e-3, torch.rand(p.shape, generator=g) * 1e-6)
+               for n, p in model.named_parameters() if p.requires_grad}
+    return model, enc, moments
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device):
+    sync(device)
+    t = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t, out
+
+
+def floor(model, enc, batches, device):
+    for b in batches:
+        ids, mask, labels = pad_batch(enc, b, 0, device)
+        per_example_loss(model(input_ids=ids, attention_mask=mask).logits, labels).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+
+def ours(model, enc, moments, a, device):
+    ex = FeatureExtractor(model, pad_id=0, dims=[a.dim], seed=0, device=device, moments=moments,
+                          token_budget=a.token_budget, max_batch=a.n, projection_batch=a.projection_batch,
+                          cache_bytes=0)  # at paper scale no matrix fits: generate per projected batch
+    try:
+        return ex.unscaled(enc, list(range(len(enc))))
+    finally:
+        ex.close()
+
+
+def reference_method(model, enc, moments, a, device):
+    """Batch size 1, flat gradient, Adam map, project every 16 examples regenerating the matrix."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    m = torch.cat([moments[n][0].flatten() for n in names]).to(device)
+    v = torch.cat([moments[n][1].flatten() for n in names]).to(device)
+    total = m.numel()
+    out, buf = [], []
+
+    def project():
+        g = torch.Generator(device=device).manual_seed(0)  # regenerated on every call
+        mat = torch.randint(0, 2, (total, a.dim), generator=g, device=device, dtype=torch.int8).float().mul_(2).sub_(1)
+        out.append(torch.stack(buf) @ mat)
+        buf.clear()
+
+    for i in range(len(enc)):
+        ids, mask, labels = pad_batch(enc, [i], 0, device)
+        loss = per_example_loss(model(input_ids=ids, attention_mask=mask).logits, labels).sum()
+        g = torch.cat([x.flatten() for x in torch.autograd.grad(loss, params)])
+        buf.append(adam_direction(g, m, v))
+        if len(buf) == 16:
+            project()
+    if buf:
+        project()
+    return torch.cat(out)
+
+
+def projection_rate(a, device, total):
+    x = torch.randn(a.projection_batch, total, device=device)
+    proj = RademacherProjector(a.dim, 0, device, cache_bytes=0)
+    t_ours, _ = timed(lambda: proj.project(0, x), device)
+    mat = torch.ones(total, a.dim, device=device)
+    t_mm, _ = timed(lambda: x @ mat, device)
+    flops = 2 * a.projection_batch * total * a.dim
+    return flops / t_ours / 1e9, flops / t_mm / 1e9
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    for k, v in PRESETS["cpu"].items():
+        p.add_argument(f"--{k.replace('_', '-')}", type=int, default=None)
+    args = p.parse_args()
+    a = argparse.Namespace(**{**PRESETS[args.preset], **{k: v for k, v in vars(args).items()
+                                                          if v is not None and k in PRESETS["cpu"]}})
+    device = torch.device(args.device)
+    model, enc, moments = build(a, device)
+    lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    base = sum(p.numel() for p in model.parameters())
+    batches = token_budget_batches([a.length] * a.n, a.token_budget, a.n)
+    print(f"workload: {a.n} examples x {a.length} tokens, model {base / 1e6:.1f}M params, LoRA {lora:,} params, "
+          f"d={a.dim}, proportion {lora * a.dim / (base * a.length):.3f}, {len(batches)} micro-batches, "
+          f"device {device}, threads {torch.get_num_threads()}")
+    warm = Encoded(enc.ids[:2], enc.input_ids[:2], enc.labels[:2])  # warm-up (allocator, kernels)
+    floor(model, warm, [[0, 1]], device)
+    t_floor, _ = timed(lambda: floor(model, enc, batches, device), device)
+    t_ours, feats = timed(lambda: ours(model, enc, moments, a, device), device)
+    t_ref, ref = timed(lambda: reference_method(model, enc, moments, a, device), device)
+    gf_ours, gf_mm = projection_rate(a, device, lora)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"floor (batched fwd+bwd):        {t_floor:8.2f} s")
+    print(f"LESS batched extraction:        {t_ours:8.2f} s  {a.n / t_ours:8.1f} examples/s")
+    print(f"reference method (bs=1):        {t_ref:8.2f} s  {a.n / t_ref:8.1f} examples/s")
+    print(f"projection: {gf_ours:.1f} GFLOP/s incl. generation vs torch.matmul {gf_mm:.1f} GFLOP/s "
+          f"({gf_ours / gf_mm:.2f}x)")
+    print(f"peak RSS: {rss:.2f} GiB" + (f", peak CUDA memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+                                         if device.type == "cuda" else ""))
+    print(f"(features {tuple(feats.shape)}; the reference method's features {tuple(ref.shape)} use its own matrix)")
+    print(f"extract_vs_fwdbwd={t_ours / t_floor:.2f} speedup_vs_bs1={t_ref / t_ours:.2f}")
+
+
+if __name__ == "__main__":
+    main()
