@@ -166,6 +166,7 @@ class Pipeline:
                 shard = (ds.shard, ds.num_shards) if split == "pool" else (0, 1)
                 feats[split] = self.split_features(split, sp[f"{split}_features"], warm, prep.dir, *shard)
             if feats["pool"] is None or feats["target"] is None:
+                self.results["stages"]["datastore"].pop("key", None)
                 return None
             final = self.cache.lookup("datastore", sp["datastore"]).dir
             store = self.stage("datastore", "datastore", sp["datastore"], lambda d: S.datastore_manifest(

@@ -256,3 +256,56 @@ def test_killed_extraction_resumes_to_the_same_store(unsharded, tmp_path):
     a, b = store_arrays(unsharded / "out"), store_arrays(tmp_path / "resumed")
     for k in a:
         assert np.array_equal(a[k], b[k]), k
+
+
+def test_external_warmup_run_in_the_reference_layout(unsharded, tmp_path):
+    """Checkpoints made elsewhere: adapter + name-keyed optimizer.bin (reference LESS / FSDP), no
+    metadata of ours; learning rates from trainer_state.json. Features match our own warmup's."""
+    import shutil
+
+    res = json.loads((unsharded / "out" / "results.json").read_text())
+    warm = Path(res["stages"]["warmup"]["dir"]) / "trainer"
+    ext = tmp_path / "external_run"
+    for ckpt in sorted(warm.glob("checkpoint-*")):
+        dst = ext / ckpt.name
+        dst.mkdir(parents=True)
+        for f in ("adapter_model.safetensors", "adapter_config.json", "trainer_state.json"):
+            shutil.copy(ckpt / f, dst / f)
+        names = json.loads((ckpt / "less_checkpoint.json").read_text())["optimizer_param_names"]
+        sd = torch.load(ckpt / "optimizer.pt", weights_only=True)
+        order = [i for g in sd["param_groups"] for i in g["params"]]
+        sd["state"] = {names[pos]: sd["state"][idx] for pos, idx in enumerate(order)}
+        torch.save(sd, dst / "optimizer.bin")
+    no_lr = run_cli([*SMALL, f"datastore.warmup_dir={ext}", "stages=[prepare,datastore]"],
+                    tmp_path / "cache", tmp_path / "out0")
+    assert no_lr.returncode == 2 and "no learning rate recorded for epoch 1; set datastore.lr_weights" in no_lr.stderr
+    lrs = [c["avg_lr"] for c in json.loads((warm.parent / "warmup.json").read_text())["checkpoints"]]
+    proc = run_cli([*SMALL, f"datastore.warmup_dir={ext}", f"datastore.lr_weights=[{','.join(map(str, lrs))}]",
+                    "stages=[prepare,datastore,select]"], tmp_path / "cache", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warmup" not in json.loads((tmp_path / "out" / "results.json").read_text())["stages"]
+    ours, theirs = store_arrays(unsharded / "out"), store_arrays(tmp_path / "out")
+    for k in ours:
+        np.testing.assert_allclose(theirs[k].astype(np.float32), ours[k].astype(np.float32), atol=2e-3)
+    man = json.loads((Path(json.loads((tmp_path / "out" / "results.json").read_text())["selection"]["datastore"])
+                      / "manifest.json").read_text())
+    assert sorted({f["avg_lr"] for f in man["files"]}) == sorted(set(lrs))
+    bad = run_cli([*SMALL, f"datastore.warmup_dir={tmp_path / 'nowhere'}", "stages=[prepare,datastore]"],
+                  tmp_path / "cache", tmp_path / "out2")
+    assert bad.returncode == 2 and "warmup run not found (set by datastore.warmup_dir)" in bad.stderr
+
+
+def test_learning_rates_from_a_trainer_log(tmp_path):
+    from omegaconf import OmegaConf
+
+    from less.stages import warmup_checkpoints
+
+    for step, epoch in ((4, 1), (8, 2)):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        log = [{"learning_rate": lr, "epoch": e} for lr, e in ((1.0, 0.5), (0.8, 1.0), (0.4, 1.5), (0.2, 2.0))]
+        (d / "trainer_state.json").write_text(json.dumps({"log_history": log[: 2 * epoch]}))
+    ds = OmegaConf.create({"checkpoints": None, "lr_weights": None})
+    got = warmup_checkpoints(tmp_path, ds)
+    assert [(c["epoch"], c["step"]) for c in got] == [(1, 4), (2, 8)]
+    assert [c["avg_lr"] for c in got] == pytest.approx([0.9, 0.3])
