@@ -34,11 +34,19 @@ def model_spec(model_cfg: DictConfig) -> dict[str, Any]:
     """What a model's identity depends on (used in downstream cache keys)."""
     spec = to_plain(model_cfg)
     spec.pop("name", None)  # a label only
-    local = Path(str(model_cfg.get("path") or "")).expanduser()
-    if model_cfg.kind == "hf" and local.is_dir():  # a local copy: notice when its files change
-        spec["files"] = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(local.iterdir())
-                         if p.is_file() and (p.suffix in (".json", ".safetensors", ".bin", ".model"))}
+    if model_cfg.kind == "hf":
+        spec["files"] = local_files_stamp(model_cfg.get("path"))
     return spec
+
+
+def local_files_stamp(path: str | None) -> dict[str, list[int]] | None:
+    """Size and mtime of a local model/adapter directory's weight and config files (None for a hub id),
+    so cache keys notice when a local checkpoint changes."""
+    local = Path(str(path or "")).expanduser()
+    if not path or not local.is_dir():
+        return None
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(local.iterdir())
+            if p.is_file() and p.suffix in (".json", ".safetensors", ".bin", ".model")}
 
 
 def _build_tiny(model_cfg: DictConfig, out: Path) -> None:

@@ -23,9 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from less import stages as S
 from less.cache import Artifact, Cache, to_plain, write_json_atomic
-from less.data.sources import pool_spec, target_spec
+from less.data.sources import data_spec, pool_spec, target_spec
 from less.errors import CacheMiss, DataError, LessError
-from less.models import model_spec, resolve_device
+from less.models import local_files_stamp, model_spec, resolve_device
 from less.tracking import NullTracker, make_tracker
 from less.validate import STAGES, validate
 
@@ -60,6 +60,17 @@ def external_warmup_spec(ds: DictConfig) -> dict[str, Any]:
     files = {str(p.relative_to(root)): [p.stat().st_size, p.stat().st_mtime_ns]
              for p in sorted(root.glob("checkpoint-*/*")) if p.is_file()}
     return {"external": str(root), "files": files, "lr_weights": to_plain(ds.lr_weights)}
+
+
+def flatten_metrics(tree: dict[str, Any], prefix: str) -> dict[str, float]:
+    """{"eval/mmlu/acc": .., "eval/mmlu/subtasks/anatomy/acc": ..} from the nested eval results."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten_metrics(v, f"{prefix}/{k}"))
+        else:
+            out[f"{prefix}/{k}"] = v
+    return out
 
 
 def run_name(cfg: DictConfig, out_dir: Path) -> str:
@@ -109,9 +120,16 @@ class Pipeline:
                         "target_skill": c.target.get("skill"), "selection": to_plain(c.selection)}
         sp["train"] = {"model": model_spec(c.model), "select": self.cache.lookup("select", sp["select"]).key,
                        "chat_format": c.chat_format, "train": to_plain(c.train), "seed": c.seed}
-        sp["eval"] = {"train": self.cache.lookup("train", sp["train"]).key,
-                      "prepare": sp["select"]["prepare"], "eval": to_plain(c.eval),
-                      "model": model_spec(c.model), "seed": c.seed}
+        e = c.eval
+        sp["eval"] = {"eval": to_plain(e), "data": data_spec(c.data),
+                      "prepare": sp["select"]["prepare"] if self.needs_prepared_eval() else None, "seed": c.seed}
+        if not e.model:  # the trained target model
+            sp["eval"].update(train=self.cache.lookup("train", sp["train"]).key, model=model_spec(c.model))
+        elif e.model == "base":
+            sp["eval"].update(model=model_spec(c.model))
+        else:
+            sp["eval"].update(model=str(e.model), model_files=local_files_stamp(e.model),
+                              adapter_files=local_files_stamp(e.adapter))
         return sp
 
     def stage(self, name: str, kind: str, spec: dict, build: Callable[[Path], Any]) -> Artifact:
@@ -184,7 +202,8 @@ class Pipeline:
             "train": lambda: self.stage("train", "train", sp["train"], lambda d: S.train(
                 c, self.cache, get("select").dir, d, dev)),
             "eval": lambda: self.stage("eval", "eval", sp["eval"], lambda d: S.evaluate(
-                c, self.cache, get("prepare").dir, get("train").dir, d, dev)),
+                c, self.cache, get("prepare").dir if self.needs_prepared_eval() else None,
+                None if c.eval.model else get("train").dir, d, dev)),
         }
         def complete_store() -> Path:
             store = get("datastore")
@@ -199,6 +218,10 @@ class Pipeline:
         done = {k: v for k, v in done.items() if v is not None}
         self._collect(done)
         self._finish()
+
+    def needs_prepared_eval(self) -> bool:
+        """Whether an eval task reads test data the target writes at prepare time (synthetic)."""
+        return "less_synthetic_arithmetic" in self.cfg.eval.tasks
 
     def split_features(self, split: str, spec: dict, warmup_dir: Path, prepare_dir: Path,
                        shard: int, num_shards: int) -> Artifact | None:
@@ -248,8 +271,17 @@ class Pipeline:
                               "selected": str(d / "selected.jsonl")}
             self._track_selection(d, stats)
         if "eval" in done:
-            r["eval"] = json.loads((done["eval"].dir / "metrics.json").read_text())
-            self.tracker.log({f"eval/{t}/{m}": v for t, ms in r["eval"].items() for m, v in ms.items()})
+            d = done["eval"].dir
+            r["eval"] = json.loads((d / "metrics.json").read_text())
+            flat = flatten_metrics(r["eval"], "eval")
+            self.tracker.log(flat)
+            self.tracker.summary(flat)
+            self.tracker.table("eval/metrics", ["task", "subtask", "metric", "value"], [
+                [k.split("/")[1], k.split("/")[3] if "/subtasks/" in k else "", k.rsplit("/", 1)[1], v]
+                for k, v in flat.items()])
+            samples = sorted((d / "samples").glob("*.jsonl")) if (d / "samples").is_dir() else []
+            if samples:
+                self.tracker.artifact(f"eval-samples-{d.name}", "eval_samples", samples)
         self.tracker.log({f"stages/{n}/seconds": s["seconds"] for n, s in r["stages"].items()})
 
     def _track_selection(self, d: Path, stats: dict[str, Any]) -> None:
@@ -293,8 +325,10 @@ def summary(r: dict[str, Any], path: Path) -> str:
             lines.append(f"target skill '{sel['target_skill']}': {sel['target_share']:.1%} of the selection"
                          f" vs {sel['base_share']:.1%} of the pool ({ratio:.1f}x)")
     for task, ms in r.get("eval", {}).items():
+        subs = ms.get("subtasks", {})
         lines.append(f"eval {task}: " + ", ".join(f"{m}={v:.4f}" for m, v in ms.items()
-                                                   if not m.endswith("stderr")))
+                                                   if m != "subtasks" and not m.endswith("stderr"))
+                     + (f" ({len(subs)} subtasks in results.json)" if subs else ""))
     for name, s in r["stages"].items():
         lines.append(f"stage {name:<9} {s['seconds']:8.1f}s  {'cached' if s['cached'] else 'computed'}")
     w = r.get("wandb", {})

@@ -18,11 +18,10 @@ from less.cache import Cache, write_json_atomic
 from less.data import sources
 from less.data.formats import encode_examples, read_examples, write_jsonl
 from less.errors import ConfigError, DataError
-from less.models import DTYPES, load_model, load_tokenizer, lora_config
+from less.models import load_model, load_tokenizer, lora_config
 from less.training import CHECKPOINT_META
 
 log = logging.getLogger(__name__)
-PACKAGE_TASKS = Path(__file__).parent / "tasks"
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -368,46 +367,10 @@ def train(cfg: DictConfig, cache: Cache, select_dir: Path, out: Path, device: to
 
 
 # ----------------------------------------------------------------------------- eval
-def evaluate(cfg: DictConfig, cache: Cache, prepare_dir: Path, train_dir: Path, out: Path,
-             device: torch.device) -> dict[str, dict[str, float]]:
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
+def evaluate(cfg: DictConfig, cache: Cache, prepare_dir: Path | None, train_dir: Path | None, out: Path,
+             device: torch.device) -> dict[str, Any]:
+    from less.evaluation.run import evaluate as run_eval
 
-    e = cfg.eval
-    tok = load_tokenizer(cfg.model, cache)
-    if (train_dir / "adapter").is_dir():
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(load_model(cfg.model, cache, device), str(train_dir / "adapter"))
-        model = model.merge_and_unload()
-    else:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(
-            train_dir / "model", dtype=DTYPES[cfg.model.dtype],
-            trust_remote_code=bool(cfg.model.trust_remote_code)).to(device)
-    model.eval()
-    # Tasks whose test data the target ships: a wrapper YAML points the package task at the file.
-    task_dir = out / "tasks"
-    task_dir.mkdir()
-    for data in sorted((prepare_dir / "eval_data").glob("*.jsonl")):
-        base = PACKAGE_TASKS / f"{data.stem}.yaml"
-        if data.stem in e.tasks and base.is_file():
-            (task_dir / f"{data.stem}.yaml").write_text(
-                f"include: {base}\ndataset_kwargs:\n  data_files:\n    test: {data.resolve()}\n")
-    manager = TaskManager(include_path=[str(task_dir), *map(str, e.include_paths)])
-    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=e.batch_size, device=str(device))
-    res = lm_eval.simple_evaluate(model=lm, tasks=list(e.tasks), num_fewshot=e.num_fewshot,
-                                  limit=e.limit, task_manager=manager, log_samples=False,
-                                  random_seed=cfg.seed, numpy_random_seed=cfg.seed,
-                                  torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed)
-    metrics: dict[str, dict[str, float]] = {}
-    for task, vals in res["results"].items():
-        for k, v in vals.items():
-            if "," not in k or not isinstance(v, (int, float)):
-                continue
-            metric, filt = k.split(",", 1)
-            metrics.setdefault(task, {})[metric if filt == "none" else f"{metric}_{filt}"] = float(v)
+    metrics = run_eval(cfg, cache, out, device, prepare_dir, train_dir)
     write_json_atomic(out / "metrics.json", metrics)
     return metrics

@@ -62,6 +62,10 @@ def validate(cfg: DictConfig) -> None:
         avail = list(ds.checkpoints) if ds.checkpoints is not None else list(range(1, w.epochs + 1))
         _check(bool(s.checkpoints) and set(s.checkpoints) <= set(avail),
                f"selection.checkpoints {list(s.checkpoints)} must be a subset of {avail}")
+    e = cfg.eval
+    _check(e.protocol in ("paper", "lm_eval"), f"eval.protocol must be paper or lm_eval, got {e.protocol!r}")
+    _check(e.backend in ("hf", "vllm"), f"eval.backend must be hf or vllm, got {e.backend!r}")
+    _check(not e.adapter or (e.model and e.model != "base"), "eval.adapter needs eval.model (the adapter's base)")
     if "eval" in cfg.stages and "less_synthetic_arithmetic" in cfg.eval.tasks:
         _check(cfg.target.kind == "synthetic", "eval.tasks: less_synthetic_arithmetic needs target=synthetic "
                f"(got target={cfg.target.name}); set eval.tasks or leave eval out of stages")

@@ -25,7 +25,7 @@ def _file_stamp(path: str) -> dict[str, Any]:
 PAPER_TARGETS = ("mmlu", "tydiqa", "bbh")
 
 
-def _data_spec(data_cfg: DictConfig) -> dict[str, Any]:
+def data_spec(data_cfg: DictConfig) -> dict[str, Any]:
     root = data_cfg.get("root")
     return {"root": str(Path(str(root)).expanduser().resolve()) if root else None,
             "hub_repo": data_cfg.hub_repo}
@@ -38,7 +38,7 @@ def pool_spec(pool_cfg: DictConfig, data_cfg: DictConfig) -> dict[str, Any]:
     if pool_cfg.kind == "jsonl":
         spec["files"] = [_file_stamp(f) for f in pool_cfg.files]
     if pool_cfg.kind in ("raw", "less_data"):
-        spec["data"] = _data_spec(data_cfg)
+        spec["data"] = data_spec(data_cfg)
     if pool_cfg.kind == "less_data" and pool_cfg.get("path"):
         spec["path"] = str(Path(str(pool_cfg.path)).expanduser().resolve())
     return spec
@@ -49,7 +49,7 @@ def target_spec(target_cfg: DictConfig, data_cfg: DictConfig) -> dict[str, Any]:
     if target_cfg.kind == "jsonl":
         spec["file"] = _file_stamp(target_cfg.file)
     if target_cfg.kind in PAPER_TARGETS:
-        spec["data"] = _data_spec(data_cfg)
+        spec["data"] = data_spec(data_cfg)
     return spec
 
 

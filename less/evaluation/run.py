@@ -1,0 +1,127 @@
+"""Run lm-eval on a model and flatten its results per task and per subtask.
+
+The model is the trained target model (``eval.model: null``: the train stage's LoRA adapter on its
+base, loaded without merging, or its full fine-tune), the untrained configured model
+(``eval.model: base``), or any path / hub id (``eval.model=...``, optional ``eval.adapter=<dir>``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from less.cache import Cache
+from less.errors import ConfigError
+from less.evaluation.tasks import PAPER_TASKS, build_tasks
+from less.models import model_path
+
+log = logging.getLogger(__name__)
+PACKAGE_TASKS = Path(__file__).resolve().parents[1] / "tasks"
+
+
+def resolve_model(cfg: DictConfig, cache: Cache, train_dir: Path | None) -> tuple[str, str | None]:
+    """(base model path or hub id, adapter dir or None) to evaluate."""
+    e = cfg.eval
+    if e.model and e.model != "base":
+        return str(e.model), (str(Path(e.adapter).expanduser().resolve()) if e.adapter else None)
+    if e.model == "base":
+        return model_path(cfg.model, cache), None
+    if train_dir is None:
+        raise ConfigError("eval.model is null (evaluate the trained model) but no train artifact was given")
+    if (train_dir / "adapter").is_dir():
+        return model_path(cfg.model, cache), str(train_dir / "adapter")
+    return str(train_dir / "model"), None
+
+
+def _wrap_package_tasks(e: DictConfig, prepare_dir: Path | None, out: Path) -> None:
+    """Tasks shipped by the package whose data a target writes (the synthetic one)."""
+    if prepare_dir is None:
+        return
+    for data in sorted((prepare_dir / "eval_data").glob("*.jsonl")):
+        base = PACKAGE_TASKS / f"{data.stem}.yaml"
+        if data.stem in e.tasks and base.is_file():
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{data.stem}.yaml").write_text(
+                f"include: {base}\ndataset_kwargs:\n  data_files:\n    test: {data.resolve()}\n")
+
+
+def make_lm(cfg: DictConfig, base: str, adapter: str | None, tokenizer, device: torch.device):
+    e = cfg.eval
+    dtype = e.dtype if e.dtype != "auto" else ("float32" if device.type == "cpu" else cfg.model.dtype)
+    trust = bool(cfg.model.trust_remote_code)
+    if e.backend == "vllm":
+        try:
+            from lm_eval.models.vllm_causallms import VLLM
+        except ImportError as err:
+            raise ConfigError(f"eval.backend=vllm but vllm is not importable ({err})") from None
+        return VLLM(pretrained=base, lora_local_path=adapter, dtype=dtype, batch_size="auto",
+                    trust_remote_code=trust)
+    if e.backend != "hf":
+        raise ConfigError(f"eval.backend must be hf or vllm, got {e.backend!r}")
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=base, peft=adapter, tokenizer=tokenizer, dtype=dtype, device=str(device),
+                batch_size=e.batch_size, trust_remote_code=trust)
+
+
+def flatten(res: dict[str, Any], built, plain: list[str]) -> dict[str, Any]:
+    """{task: {metric: v, "subtasks": {name: {metric: v}}}} from lm-eval's results."""
+    def metrics(d: dict[str, Any]) -> dict[str, float]:
+        out = {}
+        for k, v in d.items():
+            if "," in k and isinstance(v, (int, float)) and not isinstance(v, bool):
+                m, filt = k.split(",", 1)
+                out[m if filt == "none" else f"{m}_{filt}"] = float(v)
+        return out
+
+    results, groups = res["results"], res.get("group_subtasks", {})
+    flat: dict[str, Any] = {}
+    for b in built:
+        flat[b.name] = {**metrics(results.get(b.group, {})),
+                        "subtasks": {label: metrics(results[t]) for t, label in b.subtasks.items() if t in results}}
+    for t in plain:
+        entry = metrics(results.get(t, {}))
+        subs = groups.get(t, [])
+        if subs:
+            entry["subtasks"] = {results.get(s, {}).get("alias", s).strip(" -"): metrics(results.get(s, {}))
+                                 for s in subs if s in results}
+        flat[t] = entry
+    return flat
+
+
+def evaluate(cfg: DictConfig, cache: Cache, out: Path, device: torch.device, prepare_dir: Path | None,
+             train_dir: Path | None) -> dict[str, Any]:
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from transformers import AutoTokenizer
+
+    e = cfg.eval
+    base, adapter = resolve_model(cfg, cache, train_dir)
+    tok_src = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base
+    tokenizer = AutoTokenizer.from_pretrained(tok_src, trust_remote_code=bool(cfg.model.trust_remote_code))
+    task_dir = out / "tasks"
+    built = build_tasks(e, cfg.data, task_dir, tokenizer)
+    _wrap_package_tasks(e, prepare_dir, task_dir)
+    plain = [t for t in e.tasks if t not in PAPER_TASKS]
+    names = [b.group for b in built] + plain
+    manager = TaskManager(include_path=[str(task_dir), *map(str, e.include_paths)] if task_dir.is_dir()
+                          else [*map(str, e.include_paths)] or None)
+    lm = make_lm(cfg, base, adapter, tokenizer, device)
+    res = lm_eval.simple_evaluate(
+        model=lm, tasks=names, num_fewshot=e.num_fewshot, limit=e.limit, task_manager=manager,
+        log_samples=bool(e.log_samples), gen_kwargs=f"max_gen_toks={e.max_gen_toks}" if e.max_gen_toks else None,
+        random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed)
+    metrics = flatten(res, built, plain)
+    if e.log_samples:
+        (out / "samples").mkdir()
+        for task, samples in res.get("samples", {}).items():
+            with open(out / "samples" / f"{task}.jsonl", "w", encoding="utf-8") as fh:
+                for s in samples:
+                    fh.write(json.dumps(s, ensure_ascii=False, default=str) + "\n")
+    (out / "model.json").write_text(json.dumps({"model": base, "adapter": adapter, "backend": e.backend}, indent=2))
+    return metrics

@@ -1,0 +1,118 @@
+"""Evaluation: the paper's MMLU / TyDiQA / BBH protocol as lm-eval tasks, metrics, standalone use."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from less.evaluation.task_utils import bbh_extract, bbh_process_results, squad_f1, tydiqa_process_results
+from tests.conftest import run_cli
+from tests.test_paper_data import DATA, needs_data
+
+
+def test_squad_f1_by_hand():
+    # pred tokens: eiffel tower in paris (the article goes); gold: eiffel tower -> P=2/4, R=2/2
+    assert squad_f1("The Eiffel Tower in Paris!", "Eiffel Tower") == pytest.approx(2 * 0.5 * 1 / 1.5)
+    assert squad_f1("Paris", "London") == 0.0
+    got = tydiqa_process_results({"answers": ["Kigali", "the city of Kigali"]}, ["city of Kigali, Rwanda\nmore"])
+    # best gold: "city of kigali" vs pred "city of kigali rwanda" -> P=3/4, R=3/3
+    assert got["f1"] == pytest.approx(100 * 2 * 0.75 / 1.75) and got["exact_match"] == 0.0
+    assert tydiqa_process_results({"answers": ["Kigali"]}, [" kigali."])["exact_match"] == 100.0
+
+
+@pytest.mark.parametrize("text,answer", [
+    ("Let's think. So the answer is (B).", "(B)"),
+    ("the answer is True. Then more.", "True"),
+    ("So The answer is 12/14/1937.", "12/14/1937"),
+    ("no marker here  ", "no marker here"),
+])
+def test_bbh_answer_parser(text, answer):
+    assert bbh_extract(text) == answer
+
+
+def test_bbh_exact_match_ignores_case_and_punctuation():
+    assert bbh_process_results({"target": "(B)"}, ["... So the answer is (b)."])["exact_match"] == 1.0
+    assert bbh_process_results({"target": "False"}, ["So the answer is True."])["exact_match"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def paper_eval(shared_cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("paper-eval")
+    proc = run_cli(["stages=[eval]", "eval.model=base", "eval.tasks=[mmlu,tydiqa,bbh]", "eval.limit=2",
+                    "eval.max_gen_toks=8", f"data.root={DATA}"], shared_cache, out)
+    return out, proc
+
+
+@needs_data
+def test_three_tasks_run_with_subtask_metrics(paper_eval):
+    out, proc = paper_eval
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ev = json.loads((out / "results.json").read_text())["eval"]
+    expect = {"mmlu": ("acc", 57, 1), "tydiqa": ("f1", 9, 100), "bbh": ("exact_match", 27, 1)}
+    for task, (metric, n_sub, top) in expect.items():
+        assert 0 <= ev[task][metric] <= top, (task, ev[task])
+        assert len(ev[task]["subtasks"]) == n_sub
+        assert all(0 <= s[metric] <= top for s in ev[task]["subtasks"].values())
+    assert "abstract_algebra" in ev["mmlu"]["subtasks"] and "swahili" in ev["tydiqa"]["subtasks"]
+    # the W&B run carries the subtask metrics too
+    from tests.wandb_records import read_records
+
+    res = json.loads((out / "results.json").read_text())
+    keys = set()
+    for rec in read_records(next(Path(res["wandb"]["dir"]).glob("run-*.wandb"))):
+        if rec.WhichOneof("record_type") == "history":
+            keys |= {u.key or "/".join(u.nested_key) for u in rec.history.item}
+    assert "eval/mmlu/acc" in keys and "eval/bbh/subtasks/navigate/exact_match" in keys
+
+
+@needs_data
+def test_mmlu_request_is_the_papers_five_shot_prompt(paper_eval):
+    out, _ = paper_eval
+    d = Path(json.loads((out / "results.json").read_text())["stages"]["eval"]["dir"])
+    sample = json.loads((d / "samples" / "less_mmlu_anatomy.jsonl").read_text().splitlines()[0])
+    dev = list(csv.reader(open(DATA / "mmlu" / "dev" / "anatomy_dev.csv", encoding="utf-8")))
+    test = list(csv.reader(open(DATA / "mmlu" / "test" / "anatomy_test.csv", encoding="utf-8")))
+
+    def fmt(row, answer):  # open-instruct's format_example
+        return row[0] + "".join(f"\n{c}. {row[i + 1]}" for i, c in enumerate("ABCD")) + "\nAnswer:" + (
+            f" {row[5]}\n\n" if answer else "")
+
+    expected = ("The following are multiple choice questions (with answers) about  anatomy.\n\n"
+                + "".join(fmt(r, True) for r in dev[:5]) + fmt(test[sample["doc_id"]], False))
+    context, continuation = sample["arguments"][0]
+    assert context == expected and continuation == " A"
+
+
+@needs_data
+def test_tydiqa_and_bbh_prompts(paper_eval):
+    out, _ = paper_eval
+    tasks = Path(json.loads((out / "results.json").read_text())["stages"]["eval"]["dir"]) / "samples"
+    ty = json.loads((tasks / "less_tydiqa_en.jsonl").read_text().splitlines()[0])
+    prompt = ty["arguments"][0][0]
+    assert prompt.startswith("<|user|>\nAnswer the following question based on the information in the given "
+                             "passage.\n\nPassage: ")
+    assert prompt.endswith("\n\n<|assistant|>\nAnswer:") and prompt.count("Passage:") == 2
+    assert ty["arguments"][0][1]["until"] == ["\n"]
+    bbh = json.loads((tasks / "less_bbh_navigate.jsonl").read_text().splitlines()[0])
+    p = bbh["arguments"][0][0]
+    assert p.count("\n\nQ: ") == 4 and p.endswith("\nA:") and "<|user|>" not in p  # 3 exemplars + question
+    assert bbh["arguments"][0][1]["until"] == ["\n\n"]
+
+
+def test_standalone_eval_of_an_adapter_without_merging(shared_cache, tmp_path):
+    """stages=[eval] eval.model=<base> eval.adapter=<dir> scores what the pipeline's eval scored."""
+    from tests.test_pipeline_e2e import ok
+
+    full = tmp_path / "full"
+    ok(run_cli(["logger=none"], shared_cache, full))
+    res = json.loads((full / "results.json").read_text())
+    adapter = Path(res["stages"]["train"]["dir"]) / "adapter"
+    base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    ok(run_cli(["logger=none", "stages=[eval]", f"eval.model={base}", f"eval.adapter={adapter}"],
+               shared_cache, tmp_path / "alone"))
+    alone = json.loads((tmp_path / "alone" / "results.json").read_text())
+    assert set(alone["stages"]) == {"eval"}
+    assert alone["eval"]["less_synthetic_arithmetic"]["acc"] == res["eval"]["less_synthetic_arithmetic"]["acc"]
