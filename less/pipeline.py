@@ -41,6 +41,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         sys.exit(2)
 
 
+LESS_SELECTION = Path(__file__).resolve().parents[1] / "conf" / "selection" / "less.yaml"
+
+
+def less_selection(selection: DictConfig) -> dict[str, Any] | None:
+    """The default LESS selection with this run's fraction / k (to compare against), if known."""
+    if not LESS_SELECTION.is_file():
+        return None
+    base = to_plain(OmegaConf.load(LESS_SELECTION))
+    base.update(fraction=selection.get("fraction"), k=selection.get("k"))
+    return base
+
+
 SPEED_ONLY = {"token_budget", "max_batch_size", "gradient_checkpointing", "chunk_size", "shard", "num_shards"}
 
 
@@ -107,17 +119,24 @@ class Pipeline:
         sp["prepare"] = {"pool": pool, "target": target}
         sp["warmup"] = {"selector": model_spec(self.selector), "pool": pool, "chat_format": c.chat_format,
                         "warmup": to_plain(c.warmup), "seed": c.seed}
-        wkey = external_warmup_spec(c.datastore) if c.datastore.warmup_dir else \
-            self.cache.lookup("warmup", sp["warmup"]).key
+        sp["init_adapter"] = {"selector": model_spec(self.selector), "lora": to_plain(c.warmup.lora), "seed": c.seed}
+        if c.datastore.warmup_dir:
+            wkey = external_warmup_spec(c.datastore)
+        elif not c.datastore.use_warmup:  # the no-warmup ablation: a freshly initialised LoRA
+            wkey = {"init_adapter": self.cache.lookup("init_adapter", sp["init_adapter"]).key}
+        else:
+            wkey = self.cache.lookup("warmup", sp["warmup"]).key
         sp["pool_features"] = {"warmup": wkey, "pool": pool, "split": "pool", "chat_format": c.chat_format,
                                **{k: v for k, v in ds.items() if k != "target_truncation"}}
         sp["target_features"] = {"warmup": wkey, "target": target, "split": "target", "chat_format": c.chat_format,
                                  **{k: v for k, v in ds.items() if k != "gradient_type"}}
         sp["datastore"] = {"pool": self.cache.lookup("features", sp["pool_features"]).key,
                            "target": self.cache.lookup("features", sp["target_features"]).key}
-        sp["select"] = {"datastore": self.cache.lookup("datastore", sp["datastore"]).key,
-                        "prepare": self.cache.lookup("prepare", sp["prepare"]).key,
-                        "target_skill": c.target.get("skill"), "selection": to_plain(c.selection)}
+        sp["representations"] = {"selector": model_spec(self.selector), "pool": pool, "target": target,
+                                 "chat_format": c.chat_format, "max_length": c.selection.get("max_length")}
+        sp["select"] = self.select_spec(sp, to_plain(c.selection))
+        less = less_selection(c.selection)
+        sp["select_less"] = self.select_spec(sp, less) if less is not None else None
         sp["train"] = {"model": model_spec(c.model), "select": self.cache.lookup("select", sp["select"]).key,
                        "chat_format": c.chat_format, "train": to_plain(c.train), "seed": c.seed}
         e = c.eval
@@ -151,7 +170,7 @@ class Pipeline:
 
         set_seed(c.seed)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        sp = self.specs()
+        sp = self._specs = self.specs()
         self.tracker = make_tracker(c.logger, OmegaConf.to_container(c, resolve=True), self.out_dir,
                                     name=run_name(c, self.out_dir))
         try:
@@ -177,7 +196,13 @@ class Pipeline:
             if "datastore" not in c.stages:
                 return self.cache.require("datastore", sp["datastore"], "add 'datastore' to stages")
             ds = c.datastore
-            warm = Path(ds.warmup_dir).expanduser().resolve() if ds.warmup_dir else get("warmup").dir
+            if ds.warmup_dir:
+                warm = Path(ds.warmup_dir).expanduser().resolve()
+            elif not ds.use_warmup:
+                warm = self.cache.get_or_build("init_adapter", sp["init_adapter"], lambda d: S.init_adapter(
+                    c, self.selector, self.cache, d)).dir
+            else:
+                warm = get("warmup").dir
             prep = get("prepare")
             feats = {}
             for split in ("pool", "target"):
@@ -198,7 +223,10 @@ class Pipeline:
                 c, self.selector, self.cache, get("prepare").dir, d, dev)),
             "datastore": datastore,
             "select": lambda: self.stage("select", "select", sp["select"], lambda d: S.select(
-                c, get("prepare").dir, complete_store(), d)),
+                c, get("prepare").dir, complete_store() if method in S.GRADIENT_METHODS else None,
+                self.cache.get_or_build("representations", sp["representations"], lambda r: S.representations(
+                    c, self.selector, self.cache, get("prepare").dir, r, dev)).dir
+                if method in S.REPRESENTATION_METHODS else None, d)),
             "train": lambda: self.stage("train", "train", sp["train"], lambda d: S.train(
                 c, self.cache, get("select").dir, d, dev)),
             "eval": lambda: self.stage("eval", "eval", sp["eval"], lambda d: S.evaluate(
@@ -212,12 +240,27 @@ class Pipeline:
                                 f"{c.datastore.num_shards} done); run the other shards, then stages=[select]")
             return store.dir
 
+        method = c.selection.method
         for name in STAGES:
+            if name in ("warmup", "datastore") and method not in S.GRADIENT_METHODS and name in c.stages:
+                log.info("skipping %s: selection.method=%s needs no gradients", name, method)
+                continue
+            if name == "warmup" and (c.datastore.warmup_dir or not c.datastore.use_warmup):
+                continue  # features come from an external run or the untuned model
             if name in c.stages:
                 get(name)
         done = {k: v for k, v in done.items() if v is not None}
         self._collect(done)
         self._finish()
+
+    def select_spec(self, sp: dict, selection: dict[str, Any]) -> dict[str, Any]:
+        spec = {"prepare": self.cache.lookup("prepare", sp["prepare"]).key,
+                "target_skill": self.cfg.target.get("skill"), "selection": selection, "seed": self.cfg.seed}
+        if selection["method"] in S.GRADIENT_METHODS:
+            spec["datastore"] = self.cache.lookup("datastore", sp["datastore"]).key
+        if selection["method"] in S.REPRESENTATION_METHODS:
+            spec["representations"] = self.cache.lookup("representations", sp["representations"]).key
+        return spec
 
     def needs_prepared_eval(self) -> bool:
         """Whether an eval task reads test data the target writes at prepare time (synthetic)."""
@@ -268,7 +311,7 @@ class Pipeline:
             d = done["select"].dir
             stats = json.loads((d / "selection.json").read_text())
             r["selection"] = {**stats, "ranking": str(d / "ranking.csv"),
-                              "selected": str(d / "selected.jsonl")}
+                              "selected": str(d / "selected.jsonl"), "jaccard_vs_less": self.jaccard_vs_less(d)}
             self._track_selection(d, stats)
         if "eval" in done:
             d = done["eval"].dir
@@ -283,6 +326,18 @@ class Pipeline:
             if samples:
                 self.tracker.artifact(f"eval-samples-{d.name}", "eval_samples", samples)
         self.tracker.log({f"stages/{n}/seconds": s["seconds"] for n, s in r["stages"].items()})
+
+    def jaccard_vs_less(self, select_dir: Path) -> float | None:
+        """Overlap of this selection with the LESS selection of the same configuration, if cached."""
+        spec = self._specs.get("select_less")
+        if spec is None:
+            return None
+        less = self.cache.lookup("select", spec)
+        if not less.cached:
+            return None
+        ids = lambda p: {json.loads(line)["id"] for line in open(p / "selected.jsonl")}
+        a, b = ids(select_dir), ids(less.dir)
+        return len(a & b) / len(a | b) if a | b else None
 
     def _track_selection(self, d: Path, stats: dict[str, Any]) -> None:
         t = self.tracker
@@ -319,7 +374,10 @@ def summary(r: dict[str, Any], path: Path) -> str:
                      + (f"; dropped {tgt['dropped']}" if tgt.get("dropped") else ""))
     sel = r.get("selection")
     if sel:
-        lines.append(f"selected: {sel['n_selected']} of {sel['n_ranked']} ({sel['method']}, dim {sel['proj_dim']})")
+        detail = f", dim {sel['proj_dim']}" if sel.get("proj_dim") else ""
+        lines.append(f"selected: {sel['n_selected']} of {sel['n_ranked']} ({sel['method']}{detail})")
+        if sel.get("jaccard_vs_less") is not None:
+            lines.append(f"overlap with the LESS selection (Jaccard): {sel['jaccard_vs_less']:.3f}")
         if sel.get("target_share") is not None:
             ratio = sel["target_share"] / sel["base_share"] if sel["base_share"] else float("nan")
             lines.append(f"target skill '{sel['target_skill']}': {sel['target_share']:.1%} of the selection"

@@ -71,6 +71,18 @@ def warmup(cfg: DictConfig, selector_cfg: DictConfig, cache: Cache, prepare_dir:
                                             "checkpoints": entries, "train_loss": metrics["train_loss"]})
 
 
+def init_adapter(cfg: DictConfig, selector_cfg: DictConfig, cache: Cache, out: Path) -> None:
+    """The no-warmup ablation: a freshly initialised LoRA (B = 0, so only B has gradients) saved as
+    the single checkpoint 0 with weight 1; there is no optimizer state, so features are SGD."""
+    from peft import get_peft_model
+
+    torch.manual_seed(cfg.seed)
+    model = get_peft_model(load_model(selector_cfg, cache, torch.device("cpu")), lora_config(cfg.warmup.lora))
+    model.save_pretrained(out / "checkpoint-0")
+    write_json_atomic(out / "warmup.json", {"n_examples": 0, "checkpoints": [
+        {"epoch": 0, "step": 0, "avg_lr": 1.0, "dir": "checkpoint-0"}]})
+
+
 def warmup_checkpoints(warmup_dir: Path, ds: DictConfig) -> list[dict[str, Any]]:
     """The checkpoints features are taken from, with their epoch's average learning rate.
 
@@ -275,10 +287,32 @@ def read_manifest(datastore_dir: Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- select
-def select(cfg: DictConfig, prepare_dir: Path, datastore_dir: Path, out: Path) -> dict[str, Any]:
-    from less.selection.scoring import checkpoint_weights, less_scores, n_selected, top_k
+GRADIENT_METHODS = ("less",)
+REPRESENTATION_METHODS = ("rds", "kcenter")
 
-    s = cfg.selection  # values checked up front by less.validate
+
+def representations(cfg: DictConfig, selector_cfg: DictConfig, cache: Cache, prepare_dir: Path, out: Path,
+                    device: torch.device) -> None:
+    """Mean-pooled last hidden states of the selector model for the pool and the target."""
+    from less.selection.representations import mean_pooled
+
+    tok = load_tokenizer(selector_cfg, cache)
+    model = load_model(selector_cfg, cache, device)
+    s = cfg.selection
+    for split in ("pool", "target"):
+        rows = read_examples(prepare_dir / f"{split}.jsonl")
+        enc = encode_examples(rows, tok, s.max_length, completion_eos=split == "pool", chat_format=cfg.chat_format,
+                              truncation="right" if split == "pool" else "left")
+        np.save(out / f"{split}.npy", mean_pooled(model, enc, tok.pad_token_id, device, desc=f"{split} representations"))
+        write_jsonl(out / f"{split}_ids.jsonl", [{"id": i} for i in enc.ids])
+
+
+def less_method_scores(cfg: DictConfig, datastore_dir: Path, pool_ids_all: set[str], target: dict[str, dict]
+                       ) -> tuple[np.ndarray, list[str], dict[str, Any]]:
+    from less.gradients.store import FeatureArray
+    from less.selection.scoring import checkpoint_weights, less_scores
+
+    s = cfg.selection
     man = read_manifest(datastore_dir)
     dims = sorted({f["dim"] for f in man["files"]})
     flat = all(f.get("projection") == "none" for f in man["files"])
@@ -291,8 +325,6 @@ def select(cfg: DictConfig, prepare_dir: Path, datastore_dir: Path, out: Path) -
         raise ConfigError(f"selection.checkpoints {use} not all in the datastore's {epochs}")
 
     def arrays(split):
-        from less.gradients.store import FeatureArray
-
         fs = sorted((f for f in man["files"] if f["split"] == split and f["dim"] == dim
                      and f["checkpoint"] in use), key=lambda f: f["checkpoint"])
         ids = [json.loads(line)["id"] for line in open(fs[0]["idspath"])]
@@ -300,33 +332,70 @@ def select(cfg: DictConfig, prepare_dir: Path, datastore_dir: Path, out: Path) -
 
     pool_x, pool_ids, pool_files = arrays("pool")
     target_x, target_ids, _ = arrays("target")
-    pool = {str(r["id"]): r for r in read_examples(prepare_dir / "pool.jsonl")}
-    target = {str(r["id"]): r for r in read_examples(prepare_dir / "target.jsonl")}
     pool_meta = json.loads((datastore_dir / man["pool"] / "features.json").read_text())
     # Coverage: every pool example is either featurised or dropped with a reason, never skipped.
-    if set(pool_ids) | set(pool_meta["dropped_ids"]) != set(pool) or len(pool_ids) != len(set(pool_ids)):
-        raise DataError(f"{datastore_dir}: datastore rows do not cover the pool {prepare_dir / 'pool.jsonl'}")
-    weights = checkpoint_weights([f["avg_lr"] for f in pool_files])
+    if set(pool_ids) | set(pool_meta["dropped_ids"]) != pool_ids_all or len(pool_ids) != len(set(pool_ids)):
+        raise DataError(f"{datastore_dir}: datastore rows do not cover the pool")
+    lrs = [f["avg_lr"] for f in pool_files]
+    weights = checkpoint_weights([1.0] * len(lrs) if s.checkpoint_weights == "uniform" else lrs)
     subtasks = [target[t]["subtask"] for t in target_ids]
-    scores = less_scores(pool_x, [np.asarray(t) for t in target_x], weights, subtasks)
-    # the fraction is of the whole pool, dropped examples included
-    n_sel = n_selected(len(scores), None if s.k is not None else s.fraction, s.k, n_pool=len(pool))
+    scores = less_scores(pool_x, [np.asarray(t) for t in target_x], weights, subtasks, reduce=s.subtask_reduce)
+    return scores, pool_ids, {"proj_dim": dim, "checkpoints": use, "checkpoint_weights": weights.tolist(),
+                              "n_dropped": len(pool_meta["dropped_ids"]), "dropped": pool_meta["dropped"],
+                              "datastore": str(datastore_dir)}
+
+
+def select(cfg: DictConfig, prepare_dir: Path, datastore_dir: Path | None, reps_dir: Path | None,
+           out: Path) -> dict[str, Any]:
+    from less.selection import methods as M
+    from less.selection.scoring import n_selected, top_k
+
+    s = cfg.selection  # values checked up front by less.validate
+    pool_rows = read_examples(prepare_dir / "pool.jsonl")
+    pool = {str(r["id"]): r for r in pool_rows}
+    target_rows = read_examples(prepare_dir / "target.jsonl")
+    target = {str(r["id"]): r for r in target_rows}
+    subtasks = [r["subtask"] for r in target_rows]
+    extra: dict[str, Any] = {}
+    ids = list(pool)
+    if s.method == "less":
+        scores, ids, extra = less_method_scores(cfg, datastore_dir, set(pool), target)
+    elif s.method in ("random", "full"):
+        scores = M.random_scores(len(ids), cfg.seed) if s.method == "random" else np.zeros(len(ids))
+    elif s.method == "length":
+        scores = M.length_scores(pool_rows)
+    elif s.method == "bm25":
+        scores = M.bm25_scores(pool_rows, target_rows, subtasks, s.subtask_reduce)
+    elif s.method == "dsir":
+        scores = M.dsir_scores(pool_rows, target_rows, s.dsir.buckets, s.dsir.resample, cfg.seed)
+    else:  # representation methods
+        ids = [json.loads(line)["id"] for line in open(reps_dir / "pool_ids.jsonl")]
+        t_ids = [json.loads(line)["id"] for line in open(reps_dir / "target_ids.jsonl")]
+        p_reps, t_reps = np.load(reps_dir / "pool.npy"), np.load(reps_dir / "target.npy")
+        if s.method == "rds":
+            scores = M.cosine_scores(p_reps, t_reps, [target[t]["subtask"] for t in t_ids], s.subtask_reduce)
+        else:
+            k = n_selected(len(ids), None if s.k is not None else s.fraction, s.k, n_pool=len(pool))
+            scores = M.kcenter_scores(p_reps, k, cfg.seed, s.kcenter.n_clusters,
+                                      t_reps if s.kcenter.centered_on_target else None)
+    scores = np.asarray(scores, dtype=np.float64)
+    if s.method == "full":
+        n_sel = len(ids)
+    else:  # the fraction is of the whole pool, dropped examples included
+        n_sel = n_selected(len(scores), None if s.k is not None else s.fraction, s.k, n_pool=len(pool))
     chosen = top_k(scores, n_sel)  # partial sort
     order = np.lexsort((np.arange(len(scores)), -scores))  # the full ranking file, best first
-
     with open(out / "ranking.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["rank", "id", "source", "score"])
         for rank, i in enumerate(order, 1):
-            w.writerow([rank, pool_ids[i], pool[pool_ids[i]].get("dataset"), f"{scores[i]:.8g}"])
-    selected = [pool[pool_ids[i]] for i in chosen]
+            w.writerow([rank, ids[i], pool[ids[i]].get("dataset"), f"{scores[i]:.8g}"])
+    selected = [pool[ids[i]] for i in chosen]
     write_jsonl(out / "selected.jsonl", selected)
     np.save(out / "scores.npy", scores)
-    stats = selection_stats(cfg, list(pool.values()), selected)
-    stats.update({"method": s.method, "datastore": str(datastore_dir), "n_selected": n_sel, "n_ranked": len(order), "proj_dim": dim,
-                  "checkpoints": use, "checkpoint_weights": weights.tolist(),
-                  "n_dropped": len(pool_meta["dropped_ids"]), "dropped": pool_meta["dropped"],
-                  "subtasks": list(dict.fromkeys(subtasks))})
+    stats = selection_stats(cfg, pool_rows, selected)
+    stats.update({"method": s.method, "n_selected": n_sel, "n_ranked": len(order),
+                  "subtasks": list(dict.fromkeys(subtasks)), **extra})
     write_json_atomic(out / "selection.json", stats)
     return stats
 

@@ -8,7 +8,7 @@ from less.errors import ConfigError
 from less.gradients.store import DTYPES
 
 STAGES = ["prepare", "warmup", "datastore", "select", "train", "eval"]
-SELECTION_METHODS = ("less",)
+SELECTION_METHODS = ("less", "random", "full", "length", "bm25", "dsir", "rds", "kcenter")
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -51,14 +51,21 @@ def validate(cfg: DictConfig) -> None:
         _check(all(1 <= e <= w.epochs for e in ds.checkpoints),
                f"datastore.checkpoints {list(ds.checkpoints)} must be epochs in 1..{w.epochs}")
     _check(s.method in SELECTION_METHODS, f"selection.method must be one of {SELECTION_METHODS}, got {s.method!r}")
+    _check(ds.use_warmup or ds.gradient_type == "sgd" or bool(ds.warmup_dir),
+           "datastore.use_warmup=false has no optimizer state: set datastore.gradient_type=sgd")
+    if s.method == "less":
+        _check(s.checkpoint_weights in ("lr", "uniform"),
+               f"selection.checkpoint_weights must be lr or uniform, got {s.checkpoint_weights!r}")
+    if "subtask_reduce" in s:
+        _check(s.subtask_reduce in ("max", "mean"), f"selection.subtask_reduce must be max or mean, got {s.subtask_reduce!r}")
     if s.k is None:
         _check(s.fraction is not None and 0 < s.fraction <= 1,
                f"selection.fraction must be in (0, 1] (or set selection.k), got {s.fraction}")
     else:
         _check(isinstance(s.k, int) and s.k >= 1, f"selection.k must be a positive integer, got {s.k}")
-    if s.proj_dim is not None and dims is not None:
+    if s.get("proj_dim") is not None and dims is not None:
         _check(s.proj_dim in dims, f"selection.proj_dim={s.proj_dim} is not in datastore.projection.dims {dims}")
-    if s.checkpoints is not None:
+    if s.get("checkpoints") is not None:
         avail = list(ds.checkpoints) if ds.checkpoints is not None else list(range(1, w.epochs + 1))
         _check(bool(s.checkpoints) and set(s.checkpoints) <= set(avail),
                f"selection.checkpoints {list(s.checkpoints)} must be a subset of {avail}")

@@ -27,9 +27,10 @@ def subtask_groups(subtasks: Sequence[str]) -> dict[str, np.ndarray]:
 
 
 def less_scores(pool: Sequence, target: Sequence[np.ndarray], weights: np.ndarray,
-                subtasks: Sequence[str], chunk: int = 16384) -> np.ndarray:
+                subtasks: Sequence[str], chunk: int = 16384, reduce: str = "max") -> np.ndarray:
     """Score per pool row, computed chunk by chunk: pool arrays may be memory-mapped (or any
-    object whose row slices decode to float32), so peak memory is one chunk plus the scores."""
+    object whose row slices decode to float32), so peak memory is one chunk plus the scores.
+    ``reduce="mean"`` averages over subtasks instead of taking the max (an ablation)."""
     if not (len(pool) == len(target) == len(weights)):
         raise ValueError("one pool array, one target array and one weight per checkpoint")
     groups = list(subtask_groups(subtasks).values())
@@ -41,7 +42,7 @@ def less_scores(pool: Sequence, target: Sequence[np.ndarray], weights: np.ndarra
         stop = min(n, start + chunk)
         per_sub = sum(np.float32(w) * (np.asarray(p[start:stop], np.float32) @ m)
                       for w, p, m in zip(weights, pool, means))
-        scores[start:stop] = per_sub.max(1)
+        scores[start:stop] = per_sub.max(1) if reduce == "max" else per_sub.mean(1)
     return scores
 
 
