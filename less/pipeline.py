@@ -25,7 +25,7 @@ from less import stages as S
 from less.cache import Artifact, Cache, to_plain, write_json_atomic
 from less.data.sources import data_spec, pool_spec, target_spec
 from less.errors import CacheMiss, DataError, LessError
-from less.models import local_files_stamp, model_spec, resolve_device
+from less.models import local_files_stamp, model_path, model_spec, resolve_device
 from less.tracking import NullTracker, make_tracker
 from less.validate import STAGES, validate
 
@@ -74,23 +74,24 @@ def external_warmup_spec(ds: DictConfig) -> dict[str, Any]:
     return {"external": str(root), "files": files, "lr_weights": to_plain(ds.lr_weights)}
 
 
-def flatten_metrics(tree: dict[str, Any], prefix: str) -> dict[str, float]:
+def flatten_metrics(tree: dict[str, Any], prefix: str, sep: str = "/") -> dict[str, Any]:
     """{"eval/mmlu/acc": .., "eval/mmlu/subtasks/anatomy/acc": ..} from the nested eval results."""
     out = {}
     for k, v in tree.items():
+        key = f"{prefix}{sep}{k}" if prefix else str(k)
         if isinstance(v, dict):
-            out.update(flatten_metrics(v, f"{prefix}/{k}"))
+            out.update(flatten_metrics(v, key, sep))
         else:
-            out[f"{prefix}/{k}"] = v
+            out[key] = v
     return out
 
 
 def run_name(cfg: DictConfig, out_dir: Path) -> str:
-    """W&B run name: the experiment plus this job's overrides (e.g. ``default:selection.fraction=0.1``)."""
+    """W&B run name: the run name plus this job's overrides (e.g. ``default:selection.fraction=0.1``)."""
     from hydra.core.hydra_config import HydraConfig
 
     overrides = HydraConfig.get().job.override_dirname if HydraConfig.initialized() else ""
-    return f"{cfg.experiment}:{overrides or out_dir.name}"
+    return f"{cfg.name}:{overrides or out_dir.name}"
 
 
 def output_dir() -> Path:
@@ -141,7 +142,8 @@ class Pipeline:
                        "chat_format": c.chat_format, "train": to_plain(c.train), "seed": c.seed}
         e = c.eval
         sp["eval"] = {"eval": to_plain(e), "data": data_spec(c.data),
-                      "prepare": sp["select"]["prepare"] if self.needs_prepared_eval() else None, "seed": c.seed}
+                      "prepare": self.cache.lookup("prepare", sp["prepare"]).key if self.needs_prepared_eval() else None,
+                      "seed": c.seed}
         if not e.model:  # the trained target model
             sp["eval"].update(train=self.cache.lookup("train", sp["train"]).key, model=model_spec(c.model))
         elif e.model == "base":
@@ -171,6 +173,8 @@ class Pipeline:
         set_seed(c.seed)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         sp = self._specs = self.specs()
+        if c.plan:
+            return self.plan(sp)
         self.tracker = make_tracker(c.logger, OmegaConf.to_container(c, resolve=True), self.out_dir,
                                     name=run_name(c, self.out_dir))
         try:
@@ -251,11 +255,15 @@ class Pipeline:
                 get(name)
         done = {k: v for k, v in done.items() if v is not None}
         self._collect(done)
+        self._accounting(done, sp)
         self._finish()
 
     def select_spec(self, sp: dict, selection: dict[str, Any]) -> dict[str, Any]:
-        spec = {"prepare": self.cache.lookup("prepare", sp["prepare"]).key,
-                "target_skill": self.cfg.target.get("skill"), "selection": selection, "seed": self.cfg.seed}
+        if S.target_free(selection):  # the same selection (and trained model) for every target
+            spec = {"pool": sp["prepare"]["pool"], "selection": selection, "seed": self.cfg.seed}
+        else:
+            spec = {"prepare": self.cache.lookup("prepare", sp["prepare"]).key,
+                    "target_skill": self.cfg.target.get("skill"), "selection": selection, "seed": self.cfg.seed}
         if selection["method"] in S.GRADIENT_METHODS:
             spec["datastore"] = self.cache.lookup("datastore", sp["datastore"]).key
         if selection["method"] in S.REPRESENTATION_METHODS:
@@ -310,6 +318,11 @@ class Pipeline:
         if "select" in done:
             d = done["select"].dir
             stats = json.loads((d / "selection.json").read_text())
+            if S.target_free(to_plain(self.cfg.selection)) and "prepare" in done:  # shares for this run's target
+                from less.data.formats import read_examples
+
+                selected = read_examples(d / "selected.jsonl")
+                stats.update(S.selection_stats(self.cfg, read_examples(done["prepare"].dir / "pool.jsonl"), selected))
             r["selection"] = {**stats, "ranking": str(d / "ranking.csv"),
                               "selected": str(d / "selected.jsonl"), "jaccard_vs_less": self.jaccard_vs_less(d)}
             self._track_selection(d, stats)
@@ -326,6 +339,84 @@ class Pipeline:
             if samples:
                 self.tracker.artifact(f"eval-samples-{d.name}", "eval_samples", samples)
         self.tracker.log({f"stages/{n}/seconds": s["seconds"] for n, s in r["stages"].items()})
+
+    def _accounting(self, done: dict[str, Artifact], sp: dict[str, dict[str, Any]]) -> None:
+        """Tokens, epochs, repeated tokens, estimated FLOPs and wall time of this run."""
+        from less.accounting import estimate, param_count
+
+        c, r = self.cfg, self.results
+        acc: dict[str, Any] = {"seconds": {n: s["seconds"] for n, s in r["stages"].items()}}
+        tokens: dict[str, Any] = {}
+        if "prepare" in done:
+            spec = {"model": model_spec(c.model), "pool": sp["prepare"]["pool"], "chat_format": c.chat_format,
+                    "max_length": c.train.max_length}
+            tc = self.cache.get_or_build("token_counts", spec, lambda d: S.token_counts(c, self.cache, done["prepare"].dir, d))
+            by_id = json.loads((tc.dir / "tokens.json").read_text())["by_id"]
+            tokens["pool"] = sum(by_id.values())
+            if "select" in done:
+                tokens["selected"] = sum(by_id.get(str(json.loads(x)["id"]), 0)
+                                         for x in open(done["select"].dir / "selected.jsonl"))
+        read = lambda p: json.loads(p.read_text()) if p.is_file() else {}
+        warm = read(done["warmup"].dir / "warmup.json") if "warmup" in done else {}
+        if warm.get("n_tokens") is not None:
+            tokens.update(warmup_examples=warm["n_tokens"], warmup_trained=warm["n_tokens"] * warm["epochs"],
+                          warmup_repeated=warm["n_tokens"] * (warm["epochs"] - 1))
+        n_ckpt, feature_tokens = 0, None
+        if "datastore" in done:
+            man = S.read_manifest(done["datastore"].dir)
+            metas = [read(done["datastore"].dir / man[split] / "features.json") for split in ("pool", "target")]
+            feature_tokens = sum(m.get("n_tokens", 0) for m in metas)
+            n_ckpt = len(metas[0]["checkpoints"])
+            tokens["features"] = feature_tokens
+        tr = read(done["train"].dir / "train.json") if "train" in done else {}
+        if tr.get("n_tokens") is not None:
+            tokens.update(train_examples=tr["n_tokens"], train_trained=tr["n_tokens"] * tr["epochs"],
+                          train_repeated=tr["n_tokens"] * (tr["epochs"] - 1))
+        n_sel = param_count(model_path(self.selector, self.cache), bool(self.selector.trust_remote_code))
+        n_mod = param_count(model_path(c.model, self.cache), bool(c.model.trust_remote_code))
+        acc.update(tokens=tokens, epochs={"warmup": warm.get("epochs"), "train": tr.get("epochs")},
+                   params={"selector": n_sel, "model": n_mod},
+                   **estimate(n_sel, n_mod, warm.get("n_tokens"), warm.get("epochs") or 0, feature_tokens, n_ckpt,
+                              tr.get("n_tokens"), tr.get("epochs") or 0))
+        r["accounting"] = acc
+        self.tracker.summary({k: v for k, v in flatten_metrics(acc, "accounting").items() if v is not None})
+
+    def plan(self, sp: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Dry run: which stages of this job are cached, which would run, and their estimated cost."""
+        from less.accounting import estimate, param_count
+
+        c = self.cfg
+        method = c.selection.method
+        kinds = {"prepare": ("prepare", "prepare"), "warmup": ("warmup", "warmup"),
+                 "datastore": ("datastore", "datastore"), "select": ("select", "select"),
+                 "train": ("train", "train"), "eval": ("eval", "eval")}
+        status = {}
+        for name in STAGES:
+            if name not in c.stages or (name in ("warmup", "datastore") and method not in S.GRADIENT_METHODS) \
+                    or (name == "warmup" and (c.datastore.warmup_dir or not c.datastore.use_warmup)):
+                continue
+            kind, key = kinds[name]
+            status[name] = "cached" if self.cache.lookup(kind, sp[key]).cached else "to run"
+        prep = self.cache.lookup("prepare", sp["prepare"])
+        pool_tokens = None
+        if prep.cached:  # ~4 characters per token until the token counts are known
+            chars = sum(len(line) for line in open(prep.dir / "pool.jsonl", encoding="utf-8"))
+            pool_tokens = chars // 4
+        frac = 1.0 if method == "full" else (c.selection.get("fraction") or 0.05)
+        n_sel = param_count(model_path(self.selector, self.cache), bool(self.selector.trust_remote_code))
+        n_mod = param_count(model_path(c.model, self.cache), bool(c.model.trust_remote_code))
+        todo = lambda stage, v: v if status.get(stage) == "to run" else None
+        est = estimate(n_sel, n_mod,
+                       todo("warmup", pool_tokens and int(pool_tokens * c.warmup.fraction)), c.warmup.epochs,
+                       todo("datastore", pool_tokens), c.warmup.epochs,
+                       todo("train", pool_tokens and int(pool_tokens * frac)), c.train.epochs)
+        plan = {"job": run_name(c, self.out_dir), "stages": status, "pool_tokens_estimate": pool_tokens, **est}
+        write_json_atomic(self.out_dir / "plan.json", plan)
+        cost = ", ".join(f"{k} {v:.2g}" for k, v in est["flops"].items() if v)
+        print(f"plan {plan['job']}: " + ", ".join(f"{k} {v}" for k, v in status.items())
+              + (f" | remaining FLOPs: {cost}" if cost else "") + (
+                  f" (~{est['gpu_hours_h100_at_40pct_mfu']:.2g} H100-hours)" if est["gpu_hours_h100_at_40pct_mfu"] else ""))
+        return plan
 
     def jaccard_vs_less(self, select_dir: Path) -> float | None:
         """Overlap of this selection with the LESS selection of the same configuration, if cached."""
@@ -354,7 +445,7 @@ class Pipeline:
 
     def _finish(self) -> None:
         r = self.results
-        r["config"] = {"experiment": self.cfg.experiment, "model": self.cfg.model.name,
+        r["config"] = {"name": self.cfg.name, "model": self.cfg.model.name,
                        "selector": self.selector.name, "pool": self.cfg.pool.name,
                        "target": self.cfg.target.name, "stages": list(self.cfg.stages)}
         r["wandb"] = {"mode": self.tracker.mode, "dir": self.tracker.dir}

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from less.cache import Cache, write_json_atomic
+from less.cache import Cache, to_plain, write_json_atomic
 from less.data import sources
 from less.data.formats import encode_examples, read_examples, write_jsonl
 from less.errors import ConfigError, DataError
@@ -67,7 +67,8 @@ def warmup(cfg: DictConfig, selector_cfg: DictConfig, cache: Cache, prepare_dir:
         entries.append({"epoch": meta["epoch"], "step": meta["step"], "avg_lr": meta["avg_lr"],
                         "dir": str(c.relative_to(out))})
     write_jsonl(out / "warmup_ids.jsonl", [{"id": i} for i in enc.ids])
-    write_json_atomic(out / "warmup.json", {"n_examples": len(enc), "dropped": dict(enc.dropped),
+    write_json_atomic(out / "warmup.json", {"n_examples": len(enc), "n_tokens": sum(map(len, enc.input_ids)),
+                                            "epochs": w.epochs, "dropped": dict(enc.dropped),
                                             "checkpoints": entries, "train_loss": metrics["train_loss"]})
 
 
@@ -246,7 +247,8 @@ class SplitFeatures:
         write_json_atomic(out / "features.json", {
             "split": self.split, "gradient_type": self.gtype, "normalized": bool(self.ds.normalize),
             "projection": "none" if self.dims is None else "rademacher", "dims": dims, "dtype": self.ds.dtype,
-            "n": len(self.enc), "n_input": len(self.examples), "dropped": dict(self.enc.dropped),
+            "n": len(self.enc), "n_tokens": sum(map(len, self.enc.input_ids)), "n_input": len(self.examples),
+            "dropped": dict(self.enc.dropped),
             "truncated": self.enc.truncated, "dropped_ids": self.enc.dropped_ids, "ids": "ids.jsonl",
             "checkpoints": entries})
 
@@ -286,8 +288,24 @@ def read_manifest(datastore_dir: Path) -> dict[str, Any]:
     return man
 
 
+# ----------------------------------------------------------------------------- accounting
+def token_counts(cfg: DictConfig, cache: Cache, prepare_dir: Path, out: Path) -> None:
+    """Tokens per pool example with the target model's tokenizer, as training would encode them."""
+    tok = load_tokenizer(cfg.model, cache)
+    rows = read_examples(prepare_dir / "pool.jsonl")
+    enc = encode_examples(rows, tok, cfg.train.max_length, chat_format=cfg.chat_format)
+    write_json_atomic(out / "tokens.json", {"by_id": dict(zip(enc.ids, map(len, enc.input_ids))),
+                                            "dropped": dict(enc.dropped)})
+
+
 # ----------------------------------------------------------------------------- select
 GRADIENT_METHODS = ("less",)
+
+
+def target_free(selection: dict[str, Any]) -> bool:
+    """Methods whose selection does not depend on the target set (cached once for all targets)."""
+    return selection["method"] in ("random", "full", "length") or (
+        selection["method"] == "kcenter" and not selection.get("kcenter", {}).get("centered_on_target"))
 REPRESENTATION_METHODS = ("rds", "kcenter")
 
 
@@ -395,7 +413,7 @@ def select(cfg: DictConfig, prepare_dir: Path, datastore_dir: Path | None, reps_
     np.save(out / "scores.npy", scores)
     stats = selection_stats(cfg, pool_rows, selected)
     stats.update({"method": s.method, "n_selected": n_sel, "n_ranked": len(order),
-                  "subtasks": list(dict.fromkeys(subtasks)), **extra})
+                  "subtasks": None if target_free(to_plain(s)) else list(dict.fromkeys(subtasks)), **extra})
     write_json_atomic(out / "selection.json", stats)
     return stats
 
@@ -429,7 +447,8 @@ def train(cfg: DictConfig, cache: Cache, select_dir: Path, out: Path, device: to
     model.save_pretrained(out / ("adapter" if t.mode == "lora" else "model"))
     if t.mode == "full":
         tok.save_pretrained(out / "model")
-    info = {"mode": t.mode, "n_examples": len(enc), "dropped": dict(enc.dropped),
+    info = {"mode": t.mode, "n_examples": len(enc), "n_tokens": sum(map(len, enc.input_ids)), "epochs": t.epochs,
+            "dropped": dict(enc.dropped),
             "train_loss": metrics["train_loss"], "steps": metrics["steps"]}
     write_json_atomic(out / "train.json", info)
     return info

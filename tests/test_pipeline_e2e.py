@@ -97,7 +97,7 @@ def test_wandb_offline_run_reads_back(default_run):
         if kind == "history":
             history.update({u.key or "/".join(u.nested_key): json.loads(u.value_json) for u in rec.history.item})
     assert config["selection"]["fraction"] == 0.05
-    assert config["experiment"] == "default"
+    assert config["name"] == "default"
     assert history["eval/less_synthetic_arithmetic/acc"] == res["eval"]["less_synthetic_arithmetic"]["acc"]
 
 

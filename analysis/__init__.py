@@ -1,0 +1,1 @@
+"""From finished runs to the paper's tables and plots: ``python -m analysis <sweep dir>``."""

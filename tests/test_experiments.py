@@ -1,0 +1,92 @@
+"""Experiment presets, the plan dry run, accounting and the analysis package."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import CONF, compose, run_cli
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if not p.stem.startswith("_"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes(name):
+    cfg = compose([f"experiment={name}"])
+    assert cfg.name == name
+    params = dict(cfg.hydra.sweeper.params)
+    assert params, name
+    if name.endswith("_tiny"):
+        assert cfg.model.kind == "tiny" and cfg.target.kind == "synthetic"
+        assert name.removesuffix("_tiny") in EXPERIMENTS  # every full experiment has a CPU twin and back
+    else:
+        assert cfg.model.kind == "hf" and f"{name}_tiny" in EXPERIMENTS
+        assert cfg.eval.tasks == [cfg.target.name] and cfg.warmup.lora.r == 128
+
+
+def fake_sweep(root: Path):
+    """Four finished jobs: selection {random, less} x seed {0, 1}."""
+    accs = {("random", "0"): 0.40, ("random", "1"): 0.44, ("less", "0"): 0.50, ("less", "1"): 0.54}
+    for j, ((method, seed), acc) in enumerate(accs.items()):
+        d = root / str(j)
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"selection={method}", f"seed={seed}", "logger=none"]))
+        (d / "selected.jsonl").write_text("".join(json.dumps({"id": f"{method}{i}"}) + "\n" for i in range(3)))
+        (d / "results.json").write_text(json.dumps({
+            "eval": {"mmlu": {"acc": acc, "acc_stderr": 0.01, "subtasks": {}}},
+            "selection": {"method": method, "target_share": 0.5, "by_source": {"a": 2, "b": 1},
+                          "selected": str(d / "selected.jsonl")},
+            "config": {"selector": "m", "model": "m"}}))
+
+
+def test_analysis_tables_and_plots_from_a_sweep_dir(tmp_path):
+    from analysis.__main__ import main
+
+    fake_sweep(tmp_path)
+    out = main([str(tmp_path)])
+    table = (out / "table.md").read_text().splitlines()
+    assert table[0] == "| selection | mmlu.acc | selection.target_share |"
+    rows = {line.split(" | ")[0].strip("| "): line for line in table[2:4]}
+    assert "42.0 ± 2.8" in rows["random"] and "52.0 ± 2.8" in rows["less"]  # mean +- sample std, in %
+    assert "Mean ± std over 2 seeds" in "\n".join(table)
+    tex = (out / "table.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"52.0 $\pm$ 2.8" in tex
+    assert {p.name for p in out.glob("*.png")} == {"selection_overlap.png", "composition_by_source.png"}
+
+
+def test_tiny_twin_sweep_and_its_analysis(shared_cache, tmp_path):
+    from analysis.__main__ import main
+
+    proc = run_cli(["experiment=ablation_projection_tiny", "logger=none"], shared_cache, tmp_path / "sweep", multirun=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = main([str(tmp_path / "sweep")])
+    table = (out / "table.md").read_text().splitlines()
+    assert table[0] == "| selection.proj_dim | less_synthetic_arithmetic.acc | selection.target_share |"
+    assert [line.split(" | ")[0].strip("| ") for line in table[2:5]] == ["64", "256", "1024"]
+    assert {"metric_vs_proj_dim.png", "selection_overlap.png", "composition_by_source.png"} <= {
+        p.name for p in out.glob("*.png")}
+    res = json.loads((tmp_path / "sweep" / "0" / "results.json").read_text())
+    acc = res["accounting"]
+    assert acc["tokens"]["selected"] <= acc["tokens"]["pool"] and acc["params"]["model"] > 0
+    assert acc["tokens"]["train_trained"] == 4 * acc["tokens"]["train_examples"]
+    assert acc["tokens"]["train_repeated"] == 3 * acc["tokens"]["train_examples"]
+    assert acc["flops"]["train"] == pytest.approx(6 * acc["params"]["model"] * acc["tokens"]["train_trained"])
+    assert set(acc["seconds"]) == set(res["stages"])
+
+
+def test_plan_reports_cache_hits_of_a_half_finished_sweep(tmp_path):
+    cache = tmp_path / "cache"
+    ok = run_cli(["logger=none", "selection.fraction=0.02", "stages=[prepare,warmup,datastore,select]"], cache, tmp_path / "done")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    proc = run_cli(["logger=none", "selection.fraction=0.02,0.1", "plan=true"], cache, tmp_path / "plan", multirun=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    plans = [json.loads((tmp_path / "plan" / str(j) / "plan.json").read_text()) for j in (0, 1)]
+    assert plans[0]["stages"] == {"prepare": "cached", "warmup": "cached", "datastore": "cached", "select": "cached",
+                                  "train": "to run", "eval": "to run"}
+    assert plans[1]["stages"] == {"prepare": "cached", "warmup": "cached", "datastore": "cached", "select": "to run",
+                                  "train": "to run", "eval": "to run"}
+    assert plans[1]["flops"]["train"] > 0 and plans[1]["flops"]["warmup"] is None  # cached stages cost nothing
+    assert "plan default:" in proc.stdout and not (tmp_path / "plan" / "0" / "results.json").exists()
