@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> Path:
     if bool(a.sweep) == bool(a.wandb):
         p.error("give a sweep directory or --wandb entity/project")
     runs = from_wandb(a.wandb, a.group) if a.wandb else from_dir(a.sweep)
-    out = Path(a.out) if a.out else Path(a.sweep) / "analysis"
+    out = Path(a.out) if a.out else (Path(a.sweep) / "analysis" if a.sweep else Path("analysis_wandb"))
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(markdown(runs))
     (out / "table.tex").write_text(latex(runs))

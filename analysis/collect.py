@@ -66,7 +66,10 @@ def from_wandb(path: str, group: str | None = None) -> list[Run]:
     filters = {"group": group} if group else None
     runs = []
     for wr in wandb.Api().runs(path, filters=filters):
-        summary = {k: v for k, v in wr.summary.items() if not k.startswith("_")}
+        raw = dict(getattr(wr.summary, "_json_dict", {}) or {})
+        # plain numbers only: logged tables and histograms are {"_type": ...} records
+        summary = {k: v for k, v in raw.items() if not k.startswith("_")
+                   and not (isinstance(v, dict) and "_type" in v)}
         results: dict[str, Any] = {}
         for k, v in summary.items():
             d = results

@@ -28,7 +28,7 @@ def _label(r: Run) -> str:
 
 
 def metric_vs(runs: list[Run], axis: str, out: Path, xlabel: str) -> Path | None:
-    pts = [r for r in runs if axis in r.axes]
+    pts = [r for r in runs if r.axes.get(axis) not in (None, "")]
     if len({r.axes[axis] for r in pts}) < 2:
         return None
     fig, ax = plt.subplots(figsize=(5, 3.5))

@@ -16,7 +16,10 @@ def metric_columns(runs: list[Run]) -> list[str]:
     cols = []
     for r in runs:
         for task, ms in (r.get("eval") or {}).items():
-            names = [m for m in ms if m != "subtasks" and not m.endswith("stderr")]
+            if not isinstance(ms, dict):
+                continue
+            names = [m for m, v in ms.items() if m != "subtasks" and not m.endswith("stderr")
+                     and isinstance(v, (int, float))]
             if names and f"eval.{task}.{names[0]}" not in cols:
                 cols.append(f"eval.{task}.{names[0]}")
     if any(r.get("selection.target_share") is not None for r in runs):

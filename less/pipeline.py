@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -67,8 +68,6 @@ def datastore_spec(ds: DictConfig) -> dict[str, Any]:
 def external_warmup_spec(ds: DictConfig) -> dict[str, Any]:
     """Identity of an external warmup run: its checkpoints' files and the given LRs."""
     root = Path(ds.warmup_dir).expanduser().resolve()
-    if not root.is_dir():
-        raise DataError(f"{root}: warmup run not found (set by datastore.warmup_dir)")
     files = {str(p.relative_to(root)): [p.stat().st_size, p.stat().st_mtime_ns]
              for p in sorted(root.glob("checkpoint-*/*")) if p.is_file()}
     return {"external": str(root), "files": files, "lr_weights": to_plain(ds.lr_weights)}
@@ -122,7 +121,7 @@ class Pipeline:
                         "warmup": to_plain(c.warmup), "seed": c.seed}
         sp["init_adapter"] = {"selector": model_spec(self.selector), "lora": to_plain(c.warmup.lora), "seed": c.seed}
         if c.datastore.warmup_dir:
-            wkey = external_warmup_spec(c.datastore)
+            wkey = {**external_warmup_spec(c.datastore), "selector": model_spec(self.selector)}
         elif not c.datastore.use_warmup:  # the no-warmup ablation: a freshly initialised LoRA
             wkey = {"init_adapter": self.cache.lookup("init_adapter", sp["init_adapter"]).key}
         else:
@@ -141,7 +140,10 @@ class Pipeline:
         sp["train"] = {"model": model_spec(c.model), "select": self.cache.lookup("select", sp["select"]).key,
                        "chat_format": c.chat_format, "train": to_plain(c.train), "seed": c.seed}
         e = c.eval
-        sp["eval"] = {"eval": to_plain(e), "data": data_spec(c.data),
+        if "eval" not in c.stages:
+            sp["eval"] = None
+            return sp
+        sp["eval"] = {"eval": to_plain(e), "data": data_spec(c.data), "device": self.device.type,
                       "prepare": self.cache.lookup("prepare", sp["prepare"]).key if self.needs_prepared_eval() else None,
                       "seed": c.seed}
         if not e.model:  # the trained target model
@@ -149,7 +151,7 @@ class Pipeline:
         elif e.model == "base":
             sp["eval"].update(model=model_spec(c.model))
         else:
-            sp["eval"].update(model=str(e.model), model_files=local_files_stamp(e.model),
+            sp["eval"].update(model=str(e.model), model_files=local_files_stamp(e.model), model_cfg=model_spec(c.model),
                               adapter_files=local_files_stamp(e.adapter))
         return sp
 
@@ -202,6 +204,8 @@ class Pipeline:
             ds = c.datastore
             if ds.warmup_dir:
                 warm = Path(ds.warmup_dir).expanduser().resolve()
+                if not warm.is_dir():
+                    raise DataError(f"{warm}: warmup run not found (set by datastore.warmup_dir)")
             elif not ds.use_warmup:
                 warm = self.cache.get_or_build("init_adapter", sp["init_adapter"], lambda d: S.init_adapter(
                     c, self.selector, self.cache, d)).dir
@@ -272,7 +276,7 @@ class Pipeline:
 
     def needs_prepared_eval(self) -> bool:
         """Whether an eval task reads test data the target writes at prepare time (synthetic)."""
-        return "less_synthetic_arithmetic" in self.cfg.eval.tasks
+        return "eval" in self.cfg.stages and "less_synthetic_arithmetic" in self.cfg.eval.tasks
 
     def split_features(self, split: str, spec: dict, warmup_dir: Path, prepare_dir: Path,
                        shard: int, num_shards: int) -> Artifact | None:
@@ -281,7 +285,8 @@ class Pipeline:
         art = self.cache.lookup("features", spec)
         if art.cached:
             return self.stage("datastore", "features", spec, lambda d: None)
-        work = self.cache.root / "features" / f".work-{art.key}"
+        # pool chunks are shared by the shards of a sweep; each job extracts the (small) target alone
+        work = self.cache.root / "features" / (f".work-{art.key}" if split == "pool" else f".work-{art.key}-{os.getpid()}")
         t0 = time.time()
         sf = S.SplitFeatures(self.cfg, self.selector, self.cache, warmup_dir, prepare_dir / f"{split}.jsonl",
                              split, work, self.device)
@@ -318,11 +323,15 @@ class Pipeline:
         if "select" in done:
             d = done["select"].dir
             stats = json.loads((d / "selection.json").read_text())
-            if S.target_free(to_plain(self.cfg.selection)) and "prepare" in done:  # shares for this run's target
+            if S.target_free(to_plain(self.cfg.selection)):  # shares for this run's target, not the builder's
                 from less.data.formats import read_examples
 
-                selected = read_examples(d / "selected.jsonl")
-                stats.update(S.selection_stats(self.cfg, read_examples(done["prepare"].dir / "pool.jsonl"), selected))
+                prep = done.get("prepare") or self.cache.lookup("prepare", self._specs["prepare"])
+                if prep.cached or "prepare" in done:
+                    stats.update(S.selection_stats(self.cfg, read_examples(prep.dir / "pool.jsonl"),
+                                                   read_examples(d / "selected.jsonl")))
+                else:
+                    stats.update(target_share=None, base_share=None)
             r["selection"] = {**stats, "ranking": str(d / "ranking.csv"),
                               "selected": str(d / "selected.jsonl"), "jaccard_vs_less": self.jaccard_vs_less(d)}
             self._track_selection(d, stats)
@@ -387,7 +396,7 @@ class Pipeline:
 
         c = self.cfg
         method = c.selection.method
-        kinds = {"prepare": ("prepare", "prepare"), "warmup": ("warmup", "warmup"),
+        kinds = {"prepare": ("prepare", "prepare"), "warmup": ("warmup", "warmup"),  # (artifact kind, spec)
                  "datastore": ("datastore", "datastore"), "select": ("select", "select"),
                  "train": ("train", "train"), "eval": ("eval", "eval")}
         status = {}
@@ -403,12 +412,19 @@ class Pipeline:
             chars = sum(len(line) for line in open(prep.dir / "pool.jsonl", encoding="utf-8"))
             pool_tokens = chars // 4
         frac = 1.0 if method == "full" else (c.selection.get("fraction") or 0.05)
-        n_sel = param_count(model_path(self.selector, self.cache), bool(self.selector.trust_remote_code))
-        n_mod = param_count(model_path(c.model, self.cache), bool(c.model.trust_remote_code))
+
+        def params(m: DictConfig) -> int | None:  # without building a tiny model that is not built yet
+            if m.kind == "tiny" and not self.cache.lookup("model", model_spec(m)).cached:
+                return None
+            return param_count(model_path(m, self.cache), bool(m.trust_remote_code))
+
+        n_sel, n_mod = params(self.selector), params(c.model)
+        ds = c.datastore
+        n_ckpt = len(ds.checkpoints) if ds.checkpoints else (1 if not ds.use_warmup else c.warmup.epochs)
         todo = lambda stage, v: v if status.get(stage) == "to run" else None
         est = estimate(n_sel, n_mod,
                        todo("warmup", pool_tokens and int(pool_tokens * c.warmup.fraction)), c.warmup.epochs,
-                       todo("datastore", pool_tokens), c.warmup.epochs,
+                       todo("datastore", pool_tokens), n_ckpt,
                        todo("train", pool_tokens and int(pool_tokens * frac)), c.train.epochs)
         plan = {"job": run_name(c, self.out_dir), "stages": status, "pool_tokens_estimate": pool_tokens, **est}
         write_json_atomic(self.out_dir / "plan.json", plan)

@@ -304,8 +304,7 @@ GRADIENT_METHODS = ("less",)
 
 def target_free(selection: dict[str, Any]) -> bool:
     """Methods whose selection does not depend on the target set (cached once for all targets)."""
-    return selection["method"] in ("random", "full", "length") or (
-        selection["method"] == "kcenter" and not selection.get("kcenter", {}).get("centered_on_target"))
+    return selection["method"] in ("random", "full", "length")
 REPRESENTATION_METHODS = ("rds", "kcenter")
 
 

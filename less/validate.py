@@ -47,7 +47,8 @@ def validate(cfg: DictConfig) -> None:
     _check(ds.target_truncation in ("left", "right"),
            f"datastore.target_truncation must be left or right, got {ds.target_truncation!r}")
     _check(ds.dtype in DTYPES, f"datastore.dtype must be one of {DTYPES}, got {ds.dtype!r}")
-    if ds.checkpoints is not None:
+    internal = ds.use_warmup and not ds.warmup_dir  # epochs 1..warmup.epochs exist
+    if ds.checkpoints is not None and internal:
         _check(all(1 <= e <= w.epochs for e in ds.checkpoints),
                f"datastore.checkpoints {list(ds.checkpoints)} must be epochs in 1..{w.epochs}")
     _check(s.method in SELECTION_METHODS, f"selection.method must be one of {SELECTION_METHODS}, got {s.method!r}")
@@ -65,7 +66,7 @@ def validate(cfg: DictConfig) -> None:
         _check(isinstance(s.k, int) and s.k >= 1, f"selection.k must be a positive integer, got {s.k}")
     if s.get("proj_dim") is not None and dims is not None:
         _check(s.proj_dim in dims, f"selection.proj_dim={s.proj_dim} is not in datastore.projection.dims {dims}")
-    if s.get("checkpoints") is not None:
+    if s.get("checkpoints") is not None and internal:
         avail = list(ds.checkpoints) if ds.checkpoints is not None else list(range(1, w.epochs + 1))
         _check(bool(s.checkpoints) and set(s.checkpoints) <= set(avail),
                f"selection.checkpoints {list(s.checkpoints)} must be a subset of {avail}")

@@ -204,3 +204,10 @@ def test_warmup_checkpoints_record_epoch_average_lr(default_run):
         meta = json.loads((Path(res["stages"]["warmup"]["dir"]) / c["dir"] / "less_checkpoint.json").read_text())
         assert all("lora_" in name for name in meta["optimizer_param_names"])
         assert len(meta["optimizer_param_names"]) == 2 * 4 * 2  # layers x modules x (A, B)
+
+
+def test_eval_settings_are_not_needed_when_eval_does_not_run(shared_cache, tmp_path):
+    proc = run_cli(["logger=none", "stages=[prepare]", "eval=lm_eval"], shared_cache, tmp_path)  # eval.tasks: ???
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    missing = run_cli(["logger=none", "stages=[eval]", "eval=lm_eval", "eval.model=base"], shared_cache, tmp_path / "b")
+    assert missing.returncode != 0 and "eval.tasks" in missing.stderr
