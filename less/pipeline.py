@@ -483,7 +483,7 @@ def summary(r: dict[str, Any], path: Path) -> str:
     if sel:
         detail = f", dim {sel['proj_dim']}" if sel.get("proj_dim") else ""
         lines.append(f"selected: {sel['n_selected']} of {sel['n_ranked']} ({sel['method']}{detail})")
-        if sel.get("jaccard_vs_less") is not None:
+        if sel.get("jaccard_vs_less") is not None and sel["method"] != "less":
             lines.append(f"overlap with the LESS selection (Jaccard): {sel['jaccard_vs_less']:.3f}")
         if sel.get("target_share") is not None:
             ratio = sel["target_share"] / sel["base_share"] if sel["base_share"] else float("nan")
