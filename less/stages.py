@@ -365,7 +365,7 @@ def less_method_scores(cfg: DictConfig, datastore_dir: Path, pool_ids_all: set[s
 def select(cfg: DictConfig, prepare_dir: Path, datastore_dir: Path | None, reps_dir: Path | None,
            out: Path) -> dict[str, Any]:
     from less.selection import methods as M
-    from less.selection.scoring import n_selected, top_k
+    from less.selection.scoring import n_selected, ranking_order
 
     s = cfg.selection  # values checked up front by less.validate
     pool_rows = read_examples(prepare_dir / "pool.jsonl")
@@ -400,14 +400,13 @@ def select(cfg: DictConfig, prepare_dir: Path, datastore_dir: Path | None, reps_
         n_sel = len(ids)
     else:  # the fraction is of the whole pool, dropped examples included
         n_sel = n_selected(len(scores), None if s.k is not None else s.fraction, s.k, n_pool=len(pool))
-    chosen = top_k(scores, n_sel)  # partial sort
-    order = np.lexsort((np.arange(len(scores)), -scores))  # the full ranking file, best first
+    order = ranking_order(scores)  # the ranking file lists every row, so one full sort serves both
     with open(out / "ranking.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["rank", "id", "source", "score"])
         for rank, i in enumerate(order, 1):
             w.writerow([rank, ids[i], pool[ids[i]].get("dataset"), f"{scores[i]:.8g}"])
-    selected = [pool[ids[i]] for i in chosen]
+    selected = [pool[ids[i]] for i in order[:n_sel]]
     write_jsonl(out / "selected.jsonl", selected)
     np.save(out / "scores.npy", scores)
     stats = selection_stats(cfg, pool_rows, selected)

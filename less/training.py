@@ -132,7 +132,3 @@ def fit(model, tokenizer, enc: Encoded, cfg: DictConfig, out_dir: Path, seed: in
     result = trainer.train()
     return {"train_loss": result.training_loss, "steps": result.global_step,
             "epoch_lrs": lrs.epoch_lrs}
-
-
-def read_checkpoint_meta(ckpt: Path) -> dict[str, Any]:
-    return json.loads((Path(ckpt) / CHECKPOINT_META).read_text())

@@ -9,7 +9,7 @@ from torch import nn
 
 from less.data.formats import Encoded
 from less.gradients.adam import adam_direction, load_moments
-from less.gradients.features import compute_features
+from less.gradients.features import FeatureExtractor
 from less.gradients.per_example import PerExampleGradients, per_example_loss
 from less.gradients.projection import RademacherProjector
 from less.errors import DataError
@@ -168,10 +168,14 @@ def test_features_are_normalised_and_order_preserving():
     enc = Encoded([f"e{i}" for i in range(4)],
                   [ids[r, : int(mask[r].sum())].tolist() for r in range(4)],
                   [labels[r, : int(mask[r].sum())].tolist() for r in range(4)])
-    feats = compute_features(model, enc, pad_id=0, dims=[16, 64], seed=0, batch_size=3,
-                             device=torch.device("cpu"))
-    one_by_one = compute_features(model, enc, pad_id=0, dims=[16, 64], seed=0, batch_size=1,
-                                  device=torch.device("cpu"))
+    def features(batch):
+        ex = FeatureExtractor(model, pad_id=0, dims=[16, 64], seed=0, device=torch.device("cpu"), max_batch=batch)
+        try:
+            return ex.features(enc, list(range(len(enc))))
+        finally:
+            ex.close()
+
+    feats, one_by_one = features(3), features(1)
     for d in (16, 64):
         assert feats[d].shape == (4, d)
         np.testing.assert_allclose(np.linalg.norm(feats[d], axis=1), 1.0, rtol=1e-5)

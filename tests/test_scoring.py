@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from less.selection.scoring import checkpoint_weights, less_scores, top_indices, top_k
+from less.selection.scoring import checkpoint_weights, less_scores, n_selected, ranking_order, top_k
 
 
 def brute_force(pool, target, lrs, subtasks):
@@ -53,14 +53,14 @@ def test_checkpoint_weights_renormalise():
         checkpoint_weights([0.0, 0.0])
 
 
-def test_top_indices_fraction_k_and_ties():
+def test_ranking_and_how_many_are_selected():
     scores = np.array([0.1, 0.9, 0.5, 0.9, -1.0, 0.3, 0.2, 0.0, 0.4, 0.6])
-    order, n = top_indices(scores, 0.2, None)
+    order, n = ranking_order(scores), n_selected(len(scores), 0.2, None)
     assert order.tolist()[:4] == [1, 3, 9, 2] and n == 2  # ties broken by index
-    assert top_indices(scores, None, 3)[1] == 3
-    assert top_indices(scores, 0.001, None)[1] == 1  # at least one
-    assert top_indices(scores, 0.2, None, n_pool=20)[1] == 4  # a fraction of the whole pool
-    assert top_indices(scores, 1.0, None, n_pool=20)[1] == 10  # capped at the scored rows
+    assert n_selected(len(scores), None, 3) == 3
+    assert n_selected(len(scores), 0.001, None) == 1  # at least one
+    assert n_selected(len(scores), 0.2, None, n_pool=20) == 4  # a fraction of the whole pool
+    assert n_selected(len(scores), 1.0, None, n_pool=20) == 10  # capped at the scored rows
     assert sorted(order.tolist()) == list(range(10))
 
 

@@ -128,17 +128,3 @@ def finish(x: torch.Tensor, normalize: bool) -> torch.Tensor:
     if normalize:
         return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return x / x.shape[1] ** 0.5
-
-
-def compute_features(model, enc: Encoded, *, pad_id: int, dims: list[int] | None, seed: int,
-                     batch_size: int = 16, device: torch.device, moments=None, betas=(0.9, 0.999),
-                     eps: float = 1e-8, normalize: bool = True, token_budget: int = 1 << 30,
-                     projection_batch: int = 64, desc: str = "features") -> dict[int, np.ndarray]:
-    """Features of every example of ``enc`` (convenience wrapper around FeatureExtractor)."""
-    ex = FeatureExtractor(model, pad_id=pad_id, dims=dims, seed=seed, device=device, moments=moments,
-                          betas=betas, eps=eps, token_budget=token_budget, max_batch=batch_size,
-                          projection_batch=projection_batch)
-    try:
-        return ex.features(enc, list(range(len(enc))), normalize)
-    finally:
-        ex.close()

@@ -64,8 +64,6 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return part[:k]
 
 
-def top_indices(scores: np.ndarray, fraction: float | None, k: int | None,
-                n_pool: int | None = None) -> tuple[np.ndarray, int]:
-    """One global descending order of every row (ties by index) and how many of its head are selected."""
-    order = np.lexsort((np.arange(len(scores)), -scores))
-    return order, n_selected(len(scores), fraction, k, n_pool)
+def ranking_order(scores: np.ndarray) -> np.ndarray:
+    """Every row, best score first, ties by index (the ranking file; its head is the selection)."""
+    return np.lexsort((np.arange(len(scores)), -scores))
