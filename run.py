@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from less.pipeline import run
+from less.runner import run
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

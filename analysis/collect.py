@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from less.pipeline import flatten_metrics
+from less.results import flatten_metrics
 
 IGNORED = ("hydra.", "logger", "experiment", "plan", "stages", "data.root", "eval.limit", "eval.max_gen_toks")
 

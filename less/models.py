@@ -10,21 +10,26 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import DictConfig
 
-from less.cache import Cache, to_plain
+from less.cache import to_plain
 from less.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str) -> "torch.device":
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -49,14 +54,15 @@ def local_files_stamp(path: str | None) -> dict[str, list[int]] | None:
             if p.is_file() and p.suffix in (".json", ".safetensors", ".bin", ".model")}
 
 
-def _build_tiny(model_cfg: DictConfig, out: Path) -> None:
+def build_tiny(model_cfg: DictConfig, out: Path) -> None:
+    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from less.data.synthetic import pretraining_corpus
 
     t = model_cfg.tiny
-    torch.manual_seed(t.seed)
+    torch.manual_seed(t.seed)  # its own seed, on top of the runner's per-key seeding
     corpus = pretraining_corpus(t.corpus_per_skill, seed=t.seed)
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -82,6 +88,7 @@ def _build_tiny(model_cfg: DictConfig, out: Path) -> None:
 
 def _pretrain(model, tok, corpus: list[str], t: DictConfig) -> None:
     """A short causal-LM pretraining on the corpus text (all tokens), with a cosine schedule."""
+    import torch
     from tqdm.auto import tqdm
 
     enc = [tok(s + tok.eos_token, add_special_tokens=False)["input_ids"][: t.max_length] for s in corpus]
@@ -109,10 +116,13 @@ def _pretrain(model, tok, corpus: list[str], t: DictConfig) -> None:
     model.eval()
 
 
-def model_path(model_cfg: DictConfig, cache: Cache) -> str:
-    """A path or hub id from which ``from_pretrained`` loads this model (building the tiny one)."""
+def model_source(model_cfg: DictConfig, built: Path | None = None) -> str:
+    """Where ``from_pretrained`` loads a model from: the tiny model's artifact directory (``built``,
+    made by the model stage), else ``model.path`` (a local directory or a hub id)."""
     if model_cfg.kind == "tiny":
-        return str(cache.get_or_build("model", model_spec(model_cfg), lambda d: _build_tiny(model_cfg, d)).dir)
+        if built is None:
+            raise RuntimeError(f"the tiny model {model_cfg.get('name')!r} is used before it was built")
+        return str(built)
     if model_cfg.kind == "hf":
         if not model_cfg.get("path"):
             raise ConfigError(f"model.path is empty for model {model_cfg.get('name')!r}")
@@ -120,10 +130,10 @@ def model_path(model_cfg: DictConfig, cache: Cache) -> str:
     raise ConfigError(f"model.kind must be 'tiny' or 'hf', got {model_cfg.kind!r}")
 
 
-def load_tokenizer(model_cfg: DictConfig, cache: Cache):
+def load_tokenizer(model_cfg: DictConfig, source: str):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_path(model_cfg, cache),
+    tok = AutoTokenizer.from_pretrained(source,
                                         trust_remote_code=bool(model_cfg.trust_remote_code))
     if tok.pad_token_id is None:  # Llama-2 ships none; padded positions never carry labels
         tok.pad_token = tok.unk_token or tok.eos_token
@@ -131,13 +141,14 @@ def load_tokenizer(model_cfg: DictConfig, cache: Cache):
     return tok
 
 
-def load_model(model_cfg: DictConfig, cache: Cache, device: torch.device):
+def load_model(model_cfg: DictConfig, source: str, device: "torch.device"):
+    import torch
     from transformers import AutoModelForCausalLM
 
     if model_cfg.dtype not in DTYPES:
         raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {model_cfg.dtype!r}")
     model = AutoModelForCausalLM.from_pretrained(
-        model_path(model_cfg, cache), dtype=DTYPES[model_cfg.dtype],
+        source, dtype=getattr(torch, model_cfg.dtype),
         trust_remote_code=bool(model_cfg.trust_remote_code),
         attn_implementation=model_cfg.get("attn_implementation") or None)
     return model.to(device)
@@ -149,3 +160,18 @@ def lora_config(lora_cfg: DictConfig):
     return LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_cfg.r, lora_alpha=lora_cfg.alpha,
                       lora_dropout=lora_cfg.dropout, target_modules=list(lora_cfg.target_modules),
                       bias="none")
+
+
+@lru_cache(maxsize=16)
+def param_count(path: str, trust_remote_code: bool = False) -> int | None:
+    """Parameters of a model, counted on the meta device from its config (no weights loaded)."""
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        return sum(p.numel() for p in model.parameters())
+    except Exception:  # offline hub id, gated model: unknown, reported as null
+        return None

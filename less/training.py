@@ -19,12 +19,12 @@ from omegaconf import DictConfig
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
 from less.cache import write_json_atomic
+from less.checkpoints import CHECKPOINT_META
 from less.data.formats import IGNORE_INDEX, Encoded
 from less.errors import ConfigError
 from less.gradients.per_example import per_example_loss
 
 log = logging.getLogger(__name__)
-CHECKPOINT_META = "less_checkpoint.json"
 
 
 class EncodedDataset(torch.utils.data.Dataset):

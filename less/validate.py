@@ -6,9 +6,8 @@ from omegaconf import DictConfig
 
 from less.errors import ConfigError
 from less.gradients.store import DTYPES
-
-STAGES = ["prepare", "warmup", "datastore", "select", "train", "eval"]
-SELECTION_METHODS = ("less", "random", "full", "length", "bm25", "dsir", "rds", "kcenter")
+from less.graph import STEPS
+from less.selection import registry
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -17,8 +16,8 @@ def _check(ok: bool, msg: str) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    unknown = [s for s in cfg.stages if s not in STAGES]
-    _check(not unknown, f"stages: unknown stage(s) {unknown}; choose from {STAGES}")
+    unknown = [s for s in cfg.stages if s not in STEPS]
+    _check(not unknown, f"stages: unknown stage(s) {unknown}; choose from {list(STEPS)}")
     w, ds, s, t = cfg.warmup, cfg.datastore, cfg.selection, cfg.train
     _check(0 < w.fraction <= 1, f"warmup.fraction must be in (0, 1], got {w.fraction}")
     _check(w.epochs >= 1, f"warmup.epochs must be >= 1, got {w.epochs}")
@@ -51,12 +50,11 @@ def validate(cfg: DictConfig) -> None:
     if ds.checkpoints is not None and internal:
         _check(all(1 <= e <= w.epochs for e in ds.checkpoints),
                f"datastore.checkpoints {list(ds.checkpoints)} must be epochs in 1..{w.epochs}")
-    _check(s.method in SELECTION_METHODS, f"selection.method must be one of {SELECTION_METHODS}, got {s.method!r}")
+    method = registry.get(s.method)  # names the registered methods if unknown
     _check(ds.use_warmup or ds.gradient_type == "sgd" or bool(ds.warmup_dir),
            "datastore.use_warmup=false has no optimizer state: set datastore.gradient_type=sgd")
-    if s.method == "less":
-        _check(s.checkpoint_weights in ("lr", "uniform"),
-               f"selection.checkpoint_weights must be lr or uniform, got {s.checkpoint_weights!r}")
+    if method.check is not None:
+        method.check(cfg)
     if "subtask_reduce" in s:
         _check(s.subtask_reduce in ("max", "mean"), f"selection.subtask_reduce must be max or mean, got {s.subtask_reduce!r}")
     if s.k is None:

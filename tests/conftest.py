@@ -1,4 +1,10 @@
-"""Shared fixtures. Everything offline: no test touches the network."""
+"""Shared fixtures. Everything offline: no test touches the network.
+
+Pipeline runs happen in-process (``run_pipeline``: compose the config as run.py would, run the
+runner) against one session cache, so the tiny model, the warmup and the datastore of the default
+configuration are built once per test session (``default_run``). Subprocess runs (``run_cli``)
+are kept for what only the command line shows: Hydra's own errors, sweeps, launchers, W&B, kills.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,30 +26,55 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+DATA = ROOT.parent / "shared" / "data"
+needs_data = pytest.mark.skipif(not (DATA / "mmlu").is_dir(),
+                                reason=f"real data not found at {DATA} (../shared/data beside the checkout)")
 
 
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory) -> Path:
-    """One artifact cache for the session, so the tiny model is built once."""
-    return tmp_path_factory.mktemp("less-cache")
+def compose(overrides: list[str] | None = None, hydra: bool = True):
+    """Compose the Hydra config as run.py would (without running); ``hydra=False`` leaves out the
+    ``hydra`` node (whose interpolations only resolve inside a Hydra run)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides or [], return_hydra_config=hydra)
 
 
-def run_cli(args: list[str], cache: Path, out: Path, timeout: int = 600, multirun: bool = False
-            ) -> subprocess.CompletedProcess:
+def run_pipeline(overrides: list[str], cache: Path, out: Path) -> dict[str, Any]:
+    """``python run.py <overrides>`` in this process (logger=none unless overridden): results.json's dict."""
+    from less.runner import Runner
+
+    quiet = [] if any(o.startswith("logger=") for o in overrides) else ["logger=none"]
+    cfg = compose([f"cache_dir={cache}", *quiet, *overrides], hydra=False)
+    return Runner(cfg, out).run()
+
+
+def run_cli(args: list[str], cache: Path, out: Path, timeout: int = 900, multirun: bool = False,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``python run.py`` in a subprocess with its outputs under ``out``."""
-    env = {**os.environ, "LESS_CACHE_DIR": str(cache)}
+    env = {**os.environ, "LESS_CACHE_DIR": str(cache), **(env or {})}
     dir_args = [f"hydra.sweep.dir={out}"] if multirun else [f"hydra.run.dir={out}"]
     cmd = [sys.executable, str(ROOT / "run.py"), *(["-m"] if multirun else []), *args, *dir_args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def compose(overrides: list[str] | None = None):
-    """Compose the Hydra config as run.py would (without running)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides or [], return_hydra_config=True)
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    """One artifact cache for the session: the tiny model, warmup and datastore are built once."""
+    return tmp_path_factory.mktemp("less-cache")
+
+
+@pytest.fixture(scope="session")
+def default_run(shared_cache, tmp_path_factory) -> tuple[Path, dict[str, Any]]:
+    """The embedded default, every stage, built in this process from an empty cache."""
+    out = tmp_path_factory.mktemp("default")
+    return out, run_pipeline([], shared_cache, out)
 
 
 @pytest.fixture(scope="session")
@@ -51,8 +83,28 @@ def tiny_model_cfg():
 
 
 @pytest.fixture(scope="session")
-def tiny_tokenizer(tiny_model_cfg, shared_cache):
-    from less.cache import Cache
+def tiny_model_dir(shared_cache, tmp_path_factory) -> Path:
+    """The tiny model alone (built in the session cache if missing)."""
+    from less.runner import Runner
+
+    cfg = compose([f"cache_dir={shared_cache}", "logger=none"], hydra=False)
+    return Runner(cfg, tmp_path_factory.mktemp("model")).get("model").dir
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir, tiny_model_cfg):
     from less.models import load_tokenizer
 
-    return load_tokenizer(tiny_model_cfg, Cache(shared_cache))
+    return load_tokenizer(tiny_model_cfg, str(tiny_model_dir))
+
+
+def linked_cache(src: Path, dst: Path, kinds=("model", "pool", "target", "warmup")) -> Path:
+    """A new cache holding links to ``src``'s artifacts of ``kinds`` (read-only reuse), so a test
+    rebuilds only the stages it is about."""
+    for kind in kinds:
+        if (src / kind).is_dir():
+            (dst / kind).mkdir(parents=True, exist_ok=True)
+            for d in (src / kind).iterdir():
+                if d.is_dir() and not d.name.startswith("."):
+                    (dst / kind / d.name).symlink_to(d)
+    return dst

@@ -68,18 +68,17 @@ def test_two_jobs_build_a_missing_artifact_once(tmp_path):
 
 
 def stage_keys(overrides, tmp_path):
-    from less.pipeline import Pipeline
+    from less.runner import Runner
 
-    cfg = compose([f"cache_dir={tmp_path}", "logger=none", *overrides])
-    p = Pipeline(cfg, out_dir=tmp_path / "out")
-    return {k: p.cache.lookup("features" if k.endswith("features") else k, s).key
-            for k, s in p.specs().items()}
+    r = Runner(compose([f"cache_dir={tmp_path}", "logger=none", *overrides], hydra=False), tmp_path / "out")
+    return {n: r.key(n) for n in ("pool", "target", "warmup", "pool_features", "target_features", "datastore",
+                                  "select", "train", "eval")}
 
 
 def test_fraction_change_reuses_warmup_and_datastore(tmp_path):
     a = stage_keys([], tmp_path)
     b = stage_keys(["selection.fraction=0.1"], tmp_path)
-    for k in ("prepare", "warmup", "pool_features", "target_features", "datastore"):
+    for k in ("pool", "target", "warmup", "pool_features", "target_features", "datastore"):
         assert a[k] == b[k], k
     for k in ("select", "train", "eval"):
         assert a[k] != b[k], k
@@ -89,13 +88,14 @@ def test_selector_pool_and_projection_changes_recompute(tmp_path):
     a = stage_keys([], tmp_path)
     sel = stage_keys(["selector=tiny", "selector.tiny.hidden_size=32"], tmp_path)
     assert sel["warmup"] != a["warmup"] and sel["datastore"] != a["datastore"]
-    assert sel["prepare"] == a["prepare"]
+    assert sel["pool"] == a["pool"]
     pool = stage_keys(["pool.n_per_skill=50"], tmp_path)
     assert pool["warmup"] != a["warmup"] and pool["datastore"] != a["datastore"]
     proj = stage_keys(["datastore.projection.dims=[128]"], tmp_path)
     assert proj["warmup"] == a["warmup"] and proj["datastore"] != a["datastore"]
     target = stage_keys(["target.n_per_subtask=2"], tmp_path)
     assert target["pool_features"] == a["pool_features"] and target["target_features"] != a["target_features"]
+    assert target["warmup"] == a["warmup"] and target["pool"] == a["pool"]
     # selecting with the same model as `model` is the same as leaving selector unset
     assert stage_keys(["selector=tiny"], tmp_path)["warmup"] == a["warmup"]
     # the target model changes training, not selection
@@ -103,3 +103,16 @@ def test_selector_pool_and_projection_changes_recompute(tmp_path):
     assert tgt["warmup"] != a["warmup"]  # selector follows model when unset
     lesst = stage_keys(["selector=tiny", "model.tiny.hidden_size=32"], tmp_path)
     assert lesst["warmup"] == a["warmup"] and lesst["train"] != a["train"]
+
+
+def test_speed_settings_and_the_target_stay_out_of_keys(tmp_path):
+    a = stage_keys([], tmp_path)
+    fast = stage_keys(["datastore.token_budget=64", "datastore.max_batch_size=2", "datastore.chunk_size=7",
+                       "datastore.num_shards=3", "datastore.shard=1", "datastore.projection.batch_size=5"], tmp_path)
+    assert fast == a
+    # a target-free selection (and the model trained on it) is shared by every target
+    r1 = stage_keys(["selection=random"], tmp_path)
+    r2 = stage_keys(["selection=random", "target.n_per_subtask=2"], tmp_path)
+    assert r1["select"] == r2["select"] and r1["train"] == r2["train"] and r1["target"] != r2["target"]
+    l2 = stage_keys(["target.n_per_subtask=2"], tmp_path)
+    assert l2["select"] != a["select"]

@@ -4,11 +4,6 @@ projection invariance, gradient checkpointing, quantised storage, shards and res
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +17,7 @@ from less.gradients.features import FeatureExtractor, token_budget_batches
 from less.gradients.per_example import per_example_loss
 from less.gradients.projection import RademacherProjector, rademacher_rows
 from less.gradients.store import FeatureArray, quantize
-from tests.conftest import ROOT, run_cli
+from tests.conftest import linked_cache, run_pipeline
 from tests.test_gradients import tiny_lora_model, variable_batch
 
 
@@ -188,83 +183,57 @@ def test_quantised_storage_round_trip(tmp_path):
     assert (np.sign(bits[0:50]) == np.where(x > 0, 1, -1)).all()
 
 
-# ------------------------------------------------------------- shards and resume (subprocesses)
-SMALL = ["logger=none", "datastore.chunk_size=16", "pool.n_per_skill=40"]
+# ------------------------------------------------------------- shards, speed settings, external runs
+SMALL = ["datastore.chunk_size=16", "pool.n_per_skill=40"]
 
 
-def store_arrays(res_dir: Path) -> dict[str, np.ndarray]:
-    res = json.loads((res_dir / "results.json").read_text())
+def store_arrays(res: dict) -> dict[str, np.ndarray]:
     d = Path(res["selection"]["datastore"])
     man = json.loads((d / "manifest.json").read_text())
     return {f["path"].split("/")[-1] + f["split"]: np.load(d / f["path"]) for f in man["files"]}
 
 
 @pytest.fixture(scope="module")
-def unsharded(tmp_path_factory):
-    base = tmp_path_factory.mktemp("unsharded")
-    proc = run_cli([*SMALL, "stages=[prepare,warmup,datastore,select]"], base / "cache", base / "out")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return base
+def unsharded(shared_cache, tmp_path_factory):
+    return run_pipeline([*SMALL, "stages=[prepare,warmup,datastore,select]"], shared_cache,
+                        tmp_path_factory.mktemp("unsharded"))
 
 
-def test_two_shards_equal_one_bitwise(unsharded, tmp_path):
-    cache = tmp_path / "cache"
-    proc = run_cli([*SMALL, "datastore.shard=0,1", "datastore.num_shards=2", "hydra/launcher=joblib",
-                    "hydra.launcher.n_jobs=2", "stages=[prepare,warmup,datastore]"], cache, tmp_path / "sweep",
-                   multirun=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = [json.loads((tmp_path / "sweep" / str(j) / "results.json").read_text()) for j in (0, 1)]
-    assert any(j["stages"]["datastore"].get("complete", True) for j in jobs)
-    sel = run_cli([*SMALL, "stages=[select]"], cache, tmp_path / "select")
-    assert sel.returncode == 0, sel.stderr[-3000:]
-    a, b = store_arrays(unsharded / "out"), store_arrays(tmp_path / "select")
+def test_shards_equal_one_job_bitwise(unsharded, shared_cache, tmp_path):
+    """Shards run one after another in this process compute the very chunks a single job does."""
+    cache = linked_cache(shared_cache, tmp_path / "cache")
+    first = run_pipeline([*SMALL, "datastore.num_shards=2", "datastore.shard=0", "stages=[prepare,warmup,datastore]"],
+                         cache, tmp_path / "s0")
+    assert first["stages"]["datastore"]["complete"] is False and first["stages"]["datastore"]["missing_chunks"] > 0
+    assert "datastore" not in first.get("accounting", {}).get("tokens", {})
+    run_pipeline([*SMALL, "datastore.num_shards=2", "datastore.shard=1", "stages=[prepare,warmup,datastore]"],
+                 cache, tmp_path / "s1")
+    res = run_pipeline([*SMALL, "stages=[select]"], cache, tmp_path / "select")
+    a, b = store_arrays(unsharded), store_arrays(res)
     assert a.keys() == b.keys()
     for k in a:
         assert np.array_equal(a[k], b[k]), k
-    ra = json.loads((unsharded / "out" / "results.json").read_text())["selection"]["ranking"]
-    rb = json.loads((tmp_path / "select" / "results.json").read_text())["selection"]["ranking"]
-    assert Path(ra).read_text() == Path(rb).read_text()
+    assert Path(unsharded["selection"]["ranking"]).read_text() == Path(res["selection"]["ranking"]).read_text()
     assert not list(cache.glob("features/.work-*"))  # chunk files removed once assembled
 
 
-def test_one_shard_alone_cannot_be_selected_from(tmp_path):
-    proc = run_cli([*SMALL, "datastore.shard=1", "datastore.num_shards=3", "stages=[prepare,warmup,datastore,select]"],
-                   tmp_path / "cache", tmp_path / "out")
-    assert proc.returncode == 2
-    assert "pool features are incomplete (shard 1 of 3 done)" in proc.stderr
+def test_one_shard_alone_cannot_be_selected_from(shared_cache, tmp_path, capsys):
+    from tests.test_pipeline_e2e import run_expecting_error
+
+    cache = linked_cache(shared_cache, tmp_path / "cache")
+    err = run_expecting_error([*SMALL, "datastore.shard=1", "datastore.num_shards=3",
+                               "stages=[prepare,warmup,datastore,select]"], cache, tmp_path / "out", capsys)
+    assert "pool_features is incomplete (shard 1 of 3 done" in err and "stages=[select]" in err
 
 
-def test_killed_extraction_resumes_to_the_same_store(unsharded, tmp_path):
-    cache = tmp_path / "cache"
-    ok = run_cli([*SMALL, "stages=[prepare,warmup]"], cache, tmp_path / "warm")
-    assert ok.returncode == 0, ok.stderr[-2000:]
-    env = {**os.environ, "LESS_CACHE_DIR": str(cache)}
-    cmd = [sys.executable, str(ROOT / "run.py"), *SMALL, "stages=[prepare,warmup,datastore]",
-           f"hydra.run.dir={tmp_path / 'killed'}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(cache.glob("features/.work-*/ckpt*/d*/*.npy"))) < 12:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    written = len(list(cache.glob("features/.work-*/ckpt*/d*/[0-9]*.npy")))
-    assert written >= 12, "the extraction finished or never started before the kill"
-    assert not list(cache.glob("features/[0-9a-f]*/")), "killed before assembly, nothing may look complete"
-    again = run_cli([*SMALL, "stages=[prepare,warmup,datastore,select]"], cache, tmp_path / "resumed")
-    assert again.returncode == 0, again.stderr[-3000:]
-    a, b = store_arrays(unsharded / "out"), store_arrays(tmp_path / "resumed")
-    for k in a:
-        assert np.array_equal(a[k], b[k]), k
-
-
-def test_external_warmup_run_in_the_reference_layout(unsharded, tmp_path):
+def test_external_warmup_run_in_the_reference_layout(unsharded, shared_cache, tmp_path, capsys):
     """Checkpoints made elsewhere: adapter + name-keyed optimizer.bin (reference LESS / FSDP), no
     metadata of ours; learning rates from trainer_state.json. Features match our own warmup's."""
     import shutil
 
-    res = json.loads((unsharded / "out" / "results.json").read_text())
-    warm = Path(res["stages"]["warmup"]["dir"]) / "trainer"
+    from tests.test_pipeline_e2e import run_expecting_error
+
+    warm = Path(unsharded["stages"]["warmup"]["dir"]) / "trainer"
     ext = tmp_path / "external_run"
     for ckpt in sorted(warm.glob("checkpoint-*")):
         dst = ext / ckpt.name
@@ -276,29 +245,28 @@ def test_external_warmup_run_in_the_reference_layout(unsharded, tmp_path):
         order = [i for g in sd["param_groups"] for i in g["params"]]
         sd["state"] = {names[pos]: sd["state"][idx] for pos, idx in enumerate(order)}
         torch.save(sd, dst / "optimizer.bin")
-    no_lr = run_cli([*SMALL, f"datastore.warmup_dir={ext}", "stages=[prepare,datastore]"],
-                    tmp_path / "cache", tmp_path / "out0")
-    assert no_lr.returncode == 2 and "no learning rate recorded for epoch 1; set datastore.lr_weights" in no_lr.stderr
+    cache = linked_cache(shared_cache, tmp_path / "cache", kinds=("model", "pool", "target"))
+    err = run_expecting_error([*SMALL, f"datastore.warmup_dir={ext}", "stages=[prepare,datastore]"], cache,
+                              tmp_path / "out0", capsys)
+    assert "no learning rate recorded for epoch 1; set datastore.lr_weights" in err
     lrs = [c["avg_lr"] for c in json.loads((warm.parent / "warmup.json").read_text())["checkpoints"]]
-    proc = run_cli([*SMALL, f"datastore.warmup_dir={ext}", f"datastore.lr_weights=[{','.join(map(str, lrs))}]",
-                    "stages=[prepare,datastore,select]"], tmp_path / "cache", tmp_path / "out")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "warmup" not in json.loads((tmp_path / "out" / "results.json").read_text())["stages"]
-    ours, theirs = store_arrays(unsharded / "out"), store_arrays(tmp_path / "out")
+    res = run_pipeline([*SMALL, f"datastore.warmup_dir={ext}", f"datastore.lr_weights=[{','.join(map(str, lrs))}]",
+                        "stages=[prepare,datastore,select]"], cache, tmp_path / "out")
+    assert "warmup" not in res["stages"] and "warmup" not in res["artifacts"]
+    ours, theirs = store_arrays(unsharded), store_arrays(res)
     for k in ours:
         np.testing.assert_allclose(theirs[k].astype(np.float32), ours[k].astype(np.float32), atol=2e-3)
-    man = json.loads((Path(json.loads((tmp_path / "out" / "results.json").read_text())["selection"]["datastore"])
-                      / "manifest.json").read_text())
+    man = json.loads((Path(res["selection"]["datastore"]) / "manifest.json").read_text())
     assert sorted({f["avg_lr"] for f in man["files"]}) == sorted(set(lrs))
-    bad = run_cli([*SMALL, f"datastore.warmup_dir={tmp_path / 'nowhere'}", "stages=[prepare,datastore]"],
-                  tmp_path / "cache", tmp_path / "out2")
-    assert bad.returncode == 2 and "warmup run not found (set by datastore.warmup_dir)" in bad.stderr
+    err = run_expecting_error([*SMALL, f"datastore.warmup_dir={tmp_path / 'nowhere'}", "stages=[prepare,datastore]"],
+                              cache, tmp_path / "out2", capsys)
+    assert "warmup run not found (set by datastore.warmup_dir)" in err
 
 
 def test_learning_rates_from_a_trainer_log(tmp_path):
     from omegaconf import OmegaConf
 
-    from less.stages import warmup_checkpoints
+    from less.checkpoints import warmup_checkpoints
 
     for step, epoch in ((4, 1), (8, 2)):
         d = tmp_path / f"checkpoint-{step}"

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from less.evaluation.task_utils import bbh_extract, bbh_process_results, squad_f1, tydiqa_process_results
-from tests.conftest import run_cli
-from tests.test_paper_data import DATA, needs_data
+from tests.conftest import DATA, needs_data, run_pipeline
 
 
 def test_squad_f1_by_hand():
@@ -39,17 +38,16 @@ def test_bbh_exact_match_ignores_case_and_punctuation():
 
 
 @pytest.fixture(scope="module")
-def paper_eval(shared_cache, tmp_path_factory):
+def paper_eval(tiny_model_dir, shared_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("paper-eval")
-    proc = run_cli(["stages=[eval]", "eval.model=base", "eval.tasks=[mmlu,tydiqa,bbh]", "eval.limit=2",
-                    "eval.max_gen_toks=8", f"data.root={DATA}"], shared_cache, out)
-    return out, proc
+    run_pipeline(["stages=[eval]", "eval.model=base", "eval.tasks=[mmlu,tydiqa,bbh]", "eval.limit=2",
+                  "eval.max_gen_toks=8", f"data.root={DATA}", "logger=wandb"], shared_cache, out)
+    return out
 
 
 @needs_data
 def test_three_tasks_run_with_subtask_metrics(paper_eval):
-    out, proc = paper_eval
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = paper_eval
     ev = json.loads((out / "results.json").read_text())["eval"]
     expect = {"mmlu": ("acc", 57, 1), "tydiqa": ("f1", 9, 100), "bbh": ("exact_match", 27, 1)}
     for task, (metric, n_sub, top) in expect.items():
@@ -70,7 +68,7 @@ def test_three_tasks_run_with_subtask_metrics(paper_eval):
 
 @needs_data
 def test_mmlu_request_is_the_papers_five_shot_prompt(paper_eval):
-    out, _ = paper_eval
+    out = paper_eval
     d = Path(json.loads((out / "results.json").read_text())["stages"]["eval"]["dir"])
     sample = json.loads((d / "samples" / "less_mmlu_anatomy.jsonl").read_text().splitlines()[0])
     dev = list(csv.reader(open(DATA / "mmlu" / "dev" / "anatomy_dev.csv", encoding="utf-8")))
@@ -88,7 +86,7 @@ def test_mmlu_request_is_the_papers_five_shot_prompt(paper_eval):
 
 @needs_data
 def test_tydiqa_and_bbh_prompts(paper_eval):
-    out, _ = paper_eval
+    out = paper_eval
     tasks = Path(json.loads((out / "results.json").read_text())["stages"]["eval"]["dir"]) / "samples"
     ty = json.loads((tasks / "less_tydiqa_en.jsonl").read_text().splitlines()[0])
     prompt = ty["arguments"][0][0]
@@ -102,17 +100,11 @@ def test_tydiqa_and_bbh_prompts(paper_eval):
     assert bbh["arguments"][0][1]["until"] == ["\n\n"]
 
 
-def test_standalone_eval_of_an_adapter_without_merging(shared_cache, tmp_path):
+def test_standalone_eval_of_an_adapter_without_merging(default_run, shared_cache, tmp_path):
     """stages=[eval] eval.model=<base> eval.adapter=<dir> scores what the pipeline's eval scored."""
-    from tests.test_pipeline_e2e import ok
-
-    full = tmp_path / "full"
-    ok(run_cli(["logger=none"], shared_cache, full))
-    res = json.loads((full / "results.json").read_text())
+    res = default_run[1]
     adapter = Path(res["stages"]["train"]["dir"]) / "adapter"
     base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
-    ok(run_cli(["logger=none", "stages=[eval]", f"eval.model={base}", f"eval.adapter={adapter}"],
-               shared_cache, tmp_path / "alone"))
-    alone = json.loads((tmp_path / "alone" / "results.json").read_text())
+    alone = run_pipeline(["stages=[eval]", f"eval.model={base}", f"eval.adapter={adapter}"], shared_cache, tmp_path)
     assert set(alone["stages"]) == {"eval"}
     assert alone["eval"]["less_synthetic_arithmetic"]["acc"] == res["eval"]["less_synthetic_arithmetic"]["acc"]

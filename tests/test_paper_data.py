@@ -12,11 +12,7 @@ from omegaconf import OmegaConf
 from less.data import pools, sources, targets
 from less.data.formats import IGNORE_INDEX, encode_example, read_jsonl, tulu_text, validate_example
 from less.errors import DataError
-from tests.conftest import ROOT
-
-DATA = ROOT.parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / "mmlu").is_dir(),
-                                reason=f"real data not found at {DATA} (../shared/data beside the checkout)")
+from tests.conftest import DATA, needs_data, run_pipeline
 
 
 def data_cfg(root):
@@ -185,14 +181,11 @@ def test_target_truncation_keeps_the_completion(tiny_tokenizer):
 
 
 @needs_data
-@pytest.mark.parametrize("target,n_sub,per", [("mmlu", 57, 5), ("tydiqa", 9, 1)])
-def test_run_py_on_the_paper_data(target, n_sub, per, shared_cache, tmp_path):
-    from tests.conftest import run_cli
-
-    proc = run_cli(["pool=less_mix", "pool.max_per_source=50", f"target={target}", f"data.root={DATA}",
-                    "stages=[prepare,warmup,datastore,select]", "logger=none"], shared_cache, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads((tmp_path / "results.json").read_text())
+@pytest.mark.parametrize("target,n_sub,per", [
+    pytest.param("mmlu", 57, 5, marks=pytest.mark.slow), ("tydiqa", 9, 1)])
+def test_pipeline_on_the_paper_data(target, n_sub, per, shared_cache, tmp_path):
+    res = run_pipeline(["pool=less_mix", "pool.max_per_source=50", f"target={target}", f"data.root={DATA}",
+                        "stages=[prepare,warmup,datastore,select]"], shared_cache, tmp_path)
     assert res["data"]["pool"]["by_source"] == {"cot": 50, "dolly": 50, "flan_v2": 50, "oasst1": 50}
     by_sub = res["data"]["target"]["by_subtask"]
     assert len(by_sub) == n_sub and set(by_sub.values()) == {per}

@@ -1,4 +1,5 @@
-"""`python run.py` end to end in subprocesses: results.json, cache reuse, multirun, W&B, bad input."""
+"""The pipeline end to end: results.json, artifacts, stage subsets, cache reuse and bad input
+(in-process), and run.py itself in subprocesses: Hydra's errors, a sweep, W&B."""
 
 from __future__ import annotations
 
@@ -6,15 +7,16 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import compose, ok, run_cli, run_pipeline
 from tests.wandb_records import read_records
 
 REQUIRED = ["data.pool.n", "data.pool.by_source", "data.target.name", "data.target.n",
             "data.target.by_subtask", "selection.method", "selection.n_selected", "selection.ranking",
             "selection.selected", "selection.target_share", "selection.base_share", "wandb.mode",
-            "wandb.dir"]
+            "wandb.dir", "train.train_loss", "warmup.train_loss", "accounting.tokens.pool"]
 
 
 def get(d, dotted):
@@ -23,37 +25,38 @@ def get(d, dotted):
     return d
 
 
-def ok(proc):
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+def run_expecting_error(overrides: list[str], cache: Path, out: Path, capsys) -> str:
+    """The one ``error:`` line an in-process run prints before exiting with code 2."""
+    from less.runner import run
 
-
-@pytest.fixture(scope="module")
-def default_run(shared_cache, tmp_path_factory):
-    out = tmp_path_factory.mktemp("default")
-    proc = ok(run_cli([], shared_cache, out))
-    return out, json.loads((out / "results.json").read_text()), proc
+    cfg = compose([f"cache_dir={cache}", "logger=none", *overrides], hydra=False)
+    with pytest.raises(SystemExit) as exc:
+        run(cfg, out)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert exc.value.code == 2 and len(err) == 1, err
+    return err[0]
 
 
 def test_default_run_results(default_run):
-    out, res, proc = default_run
+    out, res = default_run
     for key in REQUIRED:
         get(res, key)
     assert res["data"]["pool"]["n"] == sum(res["data"]["pool"]["by_source"].values()) == 600
     assert res["data"]["target"]["by_subtask"] == {"addition": 4, "multiplication": 4, "subtraction": 4}
     for name in ("prepare", "warmup", "datastore", "select", "train", "eval"):
         st = res["stages"][name]
-        assert st["seconds"] >= 0 and isinstance(st["cached"], bool) and Path(st["dir"]).is_dir()
+        assert st["seconds"] >= 0 and st["cached"] is False and Path(st["dir"]).is_dir()
+    for name, a in res["artifacts"].items():  # every artifact of the run, with its key
+        assert Path(a["dir"]).name == a["key"] and (Path(a["dir"]) / "key.json").is_file(), name
     sel = res["selection"]
     assert sel["n_selected"] == 30 and sel["base_share"] == pytest.approx(1 / 6)
     assert sel["target_share"] >= 3 * sel["base_share"], sel
-    metrics = res["eval"]["less_synthetic_arithmetic"]
-    assert 0 <= metrics["acc"] <= 1
-    assert "== LESS run summary ==" in proc.stdout and "results:" in proc.stdout
+    assert 0 <= res["eval"]["less_synthetic_arithmetic"]["acc"] <= 1
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(res))
 
 
 def test_ranking_and_selection_artifacts(default_run):
-    _, res, _ = default_run
+    _, res = default_run
     rows = list(csv.DictReader(open(res["selection"]["ranking"])))
     assert list(rows[0]) == ["rank", "id", "source", "score"]
     assert len(rows) == 600 and len({r["id"] for r in rows}) == 600
@@ -65,12 +68,9 @@ def test_ranking_and_selection_artifacts(default_run):
 
 
 def test_datastore_manifest(default_run):
-    _, res, _ = default_run
+    _, res = default_run
     d = Path(res["stages"]["datastore"]["dir"])
-    man = json.loads((d / "manifest.json").read_text())
-    import numpy as np
-
-    files = man["files"]
+    files = json.loads((d / "manifest.json").read_text())["files"]
     assert {(f["split"], f["dim"]) for f in files} == {(s, k) for s in ("pool", "target") for k in (256, 1024)}
     assert {f["checkpoint"] for f in files} == {1, 2, 3, 4}
     for f in files:
@@ -78,104 +78,9 @@ def test_datastore_manifest(default_run):
         assert arr.shape == (f["rows"], f["dim"])
         assert f["gradient_type"] == ("adam" if f["split"] == "pool" else "sgd")
         np.testing.assert_allclose(np.linalg.norm(np.asarray(arr, np.float32), axis=1), 1, atol=2e-3)
-        ids = [json.loads(x)["id"] for x in open(d / f["ids"])]
-        assert len(ids) == f["rows"]
+        assert len([json.loads(x)["id"] for x in open(d / f["ids"])]) == f["rows"]
     weights = {f["checkpoint"]: f["lr_weight"] for f in files if f["split"] == "pool" and f["dim"] == 256}
     assert sum(weights.values()) == pytest.approx(1) and weights[1] > weights[4]  # linear decay
-
-
-def test_wandb_offline_run_reads_back(default_run):
-    out, res, _ = default_run
-    assert res["wandb"]["mode"] == "offline"
-    files = list(Path(res["wandb"]["dir"]).glob("run-*.wandb"))
-    assert len(files) == 1 and str(out) in res["wandb"]["dir"]
-    config, history = {}, {}
-    for rec in read_records(files[0]):
-        kind = rec.WhichOneof("record_type")
-        if kind == "run":
-            config.update({u.key: json.loads(u.value_json) for u in rec.run.config.update})
-        if kind == "history":
-            history.update({u.key or "/".join(u.nested_key): json.loads(u.value_json) for u in rec.history.item})
-    assert config["selection"]["fraction"] == 0.05
-    assert config["name"] == "default"
-    assert history["eval/less_synthetic_arithmetic/acc"] == res["eval"]["less_synthetic_arithmetic"]["acc"]
-
-
-def test_stage_subset_takes_inputs_from_cache(default_run, shared_cache, tmp_path):
-    proc = ok(run_cli(["stages=[select,train]", "selection.fraction=0.1", "logger=none"], shared_cache, tmp_path))
-    res = json.loads((tmp_path / "results.json").read_text())
-    assert set(res["stages"]) == {"select", "train"}
-    assert res["selection"]["n_selected"] == 60
-
-
-def test_missing_cached_input_is_a_one_line_error(tmp_path):
-    proc = run_cli(["stages=[select]", "logger=none"], tmp_path / "empty-cache", tmp_path / "out")
-    assert proc.returncode == 2
-    err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(err) == 1 and "not in the cache" in err[0] and "stages" in err[0]
-
-
-def test_multirun_second_job_reuses_warmup_and_datastore(tmp_path):
-    cache = tmp_path / "cache"
-    ok(run_cli(["selection.fraction=0.02,0.1", "logger=none", "stages=[prepare,warmup,datastore,select]"],
-               cache, tmp_path / "sweep", multirun=True))
-    first = json.loads((tmp_path / "sweep" / "0" / "results.json").read_text())
-    second = json.loads((tmp_path / "sweep" / "1" / "results.json").read_text())
-    assert not first["stages"]["warmup"]["cached"] and not first["stages"]["datastore"]["cached"]
-    assert second["stages"]["warmup"]["cached"] and second["stages"]["datastore"]["cached"]
-    assert not second["stages"]["select"]["cached"]
-    assert (first["selection"]["n_selected"], second["selection"]["n_selected"]) == (12, 60)
-
-
-def test_logger_none_writes_no_wandb_files(shared_cache, tmp_path):
-    ok(run_cli(["logger=none", "stages=[prepare]"], shared_cache, tmp_path))
-    res = json.loads((tmp_path / "results.json").read_text())
-    assert res["wandb"] == {"mode": None, "dir": None}
-    assert not list(tmp_path.rglob("*.wandb")) and not (tmp_path / "wandb").exists()
-
-
-def _no_leftovers(cache: Path):
-    assert not [p for p in cache.rglob(".tmp-*")], "a half-written artifact was left behind"
-    assert not (cache / "prepare").exists() or not [p for p in (cache / "prepare").iterdir()
-                                                    if not p.name.endswith(".lock")]
-
-
-@pytest.mark.parametrize("args,needle", [
-    (["foo=1"], "foo"),
-    (["pool=nope"], "nope"),
-    (["stages=[prepare,bogus]"], "stages: unknown stage(s) ['bogus']"),
-    (["selection.fraction=2"], "selection.fraction"),
-])
-def test_bad_config_is_reported(args, needle, tmp_path):
-    proc = run_cli([*args, "logger=none"], tmp_path / "cache", tmp_path / "out")
-    assert proc.returncode != 0
-    assert needle in proc.stderr
-    _no_leftovers(tmp_path / "cache")
-
-
-def _bad_file_cases(tmp_path: Path):
-    good = json.dumps({"id": "a", "messages": [{"role": "user", "content": "q"},
-                                               {"role": "assistant", "content": "a"}]})
-    (tmp_path / "empty.jsonl").write_text("")
-    (tmp_path / "good.jsonl").write_text(good + "\n")
-    (tmp_path / "broken.jsonl").write_text(good + "\n{oops\n")
-    return [
-        (["pool=jsonl", f"pool.files=[{tmp_path}/empty.jsonl]"], "has no examples"),
-        (["pool=jsonl", f"pool.files=[{tmp_path}/broken.jsonl]"], f"{tmp_path}/broken.jsonl:2: malformed JSON"),
-        (["pool=jsonl", f"pool.files=[{tmp_path}/missing.jsonl]"], "missing.jsonl: pool file not found (set by pool.files)"),
-        (["target=jsonl", f"target.file={tmp_path}/empty.jsonl", "stages=[prepare]"], "has no examples"),
-    ]
-
-
-@pytest.mark.parametrize("case", range(4))
-def test_bad_input_files_give_one_line_errors(case, tmp_path):
-    args, needle = _bad_file_cases(tmp_path)[case]
-    proc = run_cli([*args, "logger=none"], tmp_path / "cache", tmp_path / "out")
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(err) == 1 and needle in err[0], proc.stderr[-2000:]
-    _no_leftovers(tmp_path / "cache")
-    assert not (tmp_path / "out" / "results.json").exists()
 
 
 def test_warmup_checkpoints_record_epoch_average_lr(default_run):
@@ -183,7 +88,7 @@ def test_warmup_checkpoints_record_epoch_average_lr(default_run):
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    _, res, _ = default_run
+    _, res = default_run
     warm = json.loads((Path(res["stages"]["warmup"]["dir"]) / "warmup.json").read_text())
     n, batch, epochs, lr = warm["n_examples"], 8, 4, 2e-3  # conf/warmup/tiny.yaml
     steps_per_epoch = -(-n // batch)
@@ -206,8 +111,103 @@ def test_warmup_checkpoints_record_epoch_average_lr(default_run):
         assert len(meta["optimizer_param_names"]) == 2 * 4 * 2  # layers x modules x (A, B)
 
 
-def test_eval_settings_are_not_needed_when_eval_does_not_run(shared_cache, tmp_path):
-    proc = run_cli(["logger=none", "stages=[prepare]", "eval=lm_eval"], shared_cache, tmp_path)  # eval.tasks: ???
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    missing = run_cli(["logger=none", "stages=[eval]", "eval=lm_eval", "eval.model=base"], shared_cache, tmp_path / "b")
-    assert missing.returncode != 0 and "eval.tasks" in missing.stderr
+def test_stage_subset_takes_inputs_from_cache(default_run, shared_cache, tmp_path):
+    res = run_pipeline(["stages=[select,train]", "selection.fraction=0.1"], shared_cache, tmp_path)
+    assert set(res["stages"]) == {"select", "train"}
+    assert res["selection"]["n_selected"] == 60
+    assert "warmup" not in res["artifacts"] and res["artifacts"]["datastore"]["cached"]
+
+
+def test_missing_cached_input_is_a_one_line_error(tmp_path, capsys):
+    err = run_expecting_error(["stages=[select]"], tmp_path / "empty-cache", tmp_path / "out", capsys)
+    assert "not in the cache" in err and "add 'prepare' to stages" in err
+
+
+def _no_leftovers(cache: Path):
+    assert not list(cache.rglob(".tmp-*")), "a half-written artifact was left behind"
+    assert not (cache / "pool").exists() or not [p for p in (cache / "pool").iterdir() if not p.name.endswith(".lock")]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["stages=[prepare,bogus]"], "stages: unknown stage(s) ['bogus']"),
+    (["selection.fraction=2"], "selection.fraction"),
+    (["selection.method=nope"], "selection.method must be one of ["),
+])
+def test_bad_config_values_are_one_line_errors(args, needle, tmp_path, capsys):
+    assert needle in run_expecting_error(args, tmp_path / "cache", tmp_path / "out", capsys)
+    _no_leftovers(tmp_path / "cache")
+
+
+@pytest.mark.parametrize("args,needle", [(["foo=1"], "foo"), (["pool=nope"], "nope")])
+def test_hydra_refuses_unknown_keys_and_options(args, needle, tmp_path):
+    proc = run_cli([*args, "logger=none"], tmp_path / "cache", tmp_path / "out")
+    assert proc.returncode != 0 and needle in proc.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def _bad_file_cases(tmp_path: Path):
+    good = json.dumps({"id": "a", "messages": [{"role": "user", "content": "q"},
+                                               {"role": "assistant", "content": "a"}]})
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "broken.jsonl").write_text(good + "\n{oops\n")
+    return [
+        (["pool=jsonl", f"pool.files=[{tmp_path}/empty.jsonl]"], "has no examples"),
+        (["pool=jsonl", f"pool.files=[{tmp_path}/broken.jsonl]"], f"{tmp_path}/broken.jsonl:2: malformed JSON"),
+        (["pool=jsonl", f"pool.files=[{tmp_path}/missing.jsonl]"], "missing.jsonl: pool file not found (set by pool.files)"),
+        (["target=jsonl", f"target.file={tmp_path}/empty.jsonl", "stages=[prepare]"], "has no examples"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_bad_input_files_give_one_line_errors(case, tmp_path, capsys):
+    args, needle = _bad_file_cases(tmp_path)[case]
+    assert needle in run_expecting_error(args, tmp_path / "cache", tmp_path / "out", capsys)
+    _no_leftovers(tmp_path / "cache")
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_logger_none_writes_no_wandb_files(shared_cache, tmp_path):
+    res = run_pipeline(["stages=[prepare]"], shared_cache, tmp_path)
+    assert res["wandb"] == {"mode": None, "dir": None}
+    assert not list(tmp_path.rglob("*.wandb")) and not (tmp_path / "wandb").exists()
+
+
+def test_eval_settings_are_not_needed_when_eval_does_not_run(shared_cache, tmp_path, capsys):
+    run_pipeline(["stages=[prepare]", "eval=lm_eval"], shared_cache, tmp_path)  # eval.tasks: ??? is never read
+    from omegaconf.errors import MissingMandatoryValue
+
+    with pytest.raises(MissingMandatoryValue, match="eval.tasks"):
+        run_pipeline(["stages=[eval]", "eval=lm_eval", "eval.model=base"], shared_cache, tmp_path / "b")
+
+
+def test_cli_run_with_wandb_reads_back(default_run, shared_cache, tmp_path):
+    """run.py on the default (every stage cached): the same results as the in-process run, the
+    summary on stdout and an offline W&B run holding the config and the metrics."""
+    proc = ok(run_cli([], shared_cache, tmp_path))
+    assert "== LESS run summary ==" in proc.stdout and "results:" in proc.stdout
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert all(s["cached"] for s in res["stages"].values())
+    assert res["selection"] == default_run[1]["selection"] and res["eval"] == default_run[1]["eval"]
+    assert res["wandb"]["mode"] == "offline"
+    files = list(Path(res["wandb"]["dir"]).glob("run-*.wandb"))
+    assert len(files) == 1 and str(tmp_path) in res["wandb"]["dir"]
+    config, history = {}, {}
+    for rec in read_records(files[0]):
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            config.update({u.key: json.loads(u.value_json) for u in rec.run.config.update})
+        if kind == "history":
+            history.update({u.key or "/".join(u.nested_key): json.loads(u.value_json) for u in rec.history.item})
+    assert config["selection"]["fraction"] == 0.05 and config["name"] == "default"
+    assert history["eval/less_synthetic_arithmetic/acc"] == res["eval"]["less_synthetic_arithmetic"]["acc"]
+
+
+def test_multirun_second_job_reuses_warmup_and_datastore(shared_cache, tmp_path):
+    ok(run_cli(["selection.fraction=0.02,0.1", "pool.n_per_skill=30", "logger=none",
+                "stages=[prepare,warmup,datastore,select]"], shared_cache, tmp_path / "sweep", multirun=True))
+    first = json.loads((tmp_path / "sweep" / "0" / "results.json").read_text())
+    second = json.loads((tmp_path / "sweep" / "1" / "results.json").read_text())
+    assert not first["stages"]["warmup"]["cached"] and not first["stages"]["datastore"]["cached"]
+    assert second["stages"]["warmup"]["cached"] and second["stages"]["datastore"]["cached"]
+    assert not second["stages"]["select"]["cached"]
+    assert (first["selection"]["n_selected"], second["selection"]["n_selected"]) == (4, 18)

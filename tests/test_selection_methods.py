@@ -1,8 +1,9 @@
-"""Selection baselines and LESS ablation flags."""
+"""Selection baselines, LESS ablation flags and every registered method through the pipeline."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +12,9 @@ import torch
 from less.data import synthetic
 from less.gradients.adam import adam_direction
 from less.gradients.features import finish
-from less.selection import methods as M
+from less.selection import embed, text
 from less.selection.scoring import checkpoint_weights, less_scores, top_k
-from tests.conftest import run_cli
+from tests.conftest import run_pipeline
 
 POOL = synthetic.make_pool(60, seed=0)
 TARGET = synthetic.make_target(4, seed=0)
@@ -27,11 +28,11 @@ def share(scores, k=30):
 
 
 def test_text_methods_on_the_synthetic_pool():
-    assert share(M.bm25_scores(POOL, TARGET, SUBTASKS)) >= 3 * BASE
-    assert share(M.dsir_scores(POOL, TARGET)) >= 3 * BASE
+    assert share(text.bm25_scores(POOL, TARGET, SUBTASKS)) >= 3 * BASE
+    assert share(text.dsir_scores(POOL, TARGET)) >= 3 * BASE
     # random: within 4 binomial standard deviations of the base share (k=30 draws)
-    assert abs(share(M.random_scores(len(POOL), 0)) - BASE) <= 4 * np.sqrt(BASE * (1 - BASE) / 30)
-    lengths = M.length_scores(POOL)
+    assert abs(share(text.random_scores(len(POOL), 0)) - BASE) <= 4 * np.sqrt(BASE * (1 - BASE) / 30)
+    lengths = text.length_scores(POOL)
     chosen = top_k(lengths, 30)
     assert lengths[chosen].min() >= np.sort(lengths)[-30]
 
@@ -39,10 +40,10 @@ def test_text_methods_on_the_synthetic_pool():
 def test_every_method_is_deterministic_for_a_seed():
     rng = np.random.default_rng(0)
     reps, treps = rng.normal(size=(len(POOL), 16)), rng.normal(size=(len(TARGET), 16))
-    runs = [lambda s: M.random_scores(len(POOL), s), lambda s: M.length_scores(POOL),
-            lambda s: M.bm25_scores(POOL, TARGET, SUBTASKS), lambda s: M.dsir_scores(POOL, TARGET, resample=True, seed=s),
-            lambda s: M.cosine_scores(reps, treps, SUBTASKS), lambda s: M.kcenter_scores(reps, 20, s, 5),
-            lambda s: M.kcenter_scores(reps, 20, s, 5, treps)]
+    runs = [lambda s: text.random_scores(len(POOL), s), lambda s: text.length_scores(POOL),
+            lambda s: text.bm25_scores(POOL, TARGET, SUBTASKS), lambda s: text.dsir_scores(POOL, TARGET, resample=True, seed=s),
+            lambda s: embed.cosine_scores(reps, treps, SUBTASKS), lambda s: embed.kcenter_scores(reps, 20, s, 5),
+            lambda s: embed.kcenter_scores(reps, 20, s, 5, treps)]
     for fn in runs:
         assert np.array_equal(fn(3), fn(3))
     assert not np.array_equal(runs[0](3), runs[0](4))
@@ -51,7 +52,7 @@ def test_every_method_is_deterministic_for_a_seed():
 
 def test_kcenter_picks_spread_out_points():
     x = np.concatenate([np.random.default_rng(0).normal(0, 0.01, size=(50, 2)) + [1, 0], [[0, 1], [-1, 0], [0, -1]]])
-    chosen = top_k(M.kcenter_scores(x, 4, 0, 1), 4)
+    chosen = top_k(embed.kcenter_scores(x, 4, 0, 1), 4)
     assert {50, 51, 52} <= set(chosen.tolist())  # the three isolated directions, plus one of the cluster
 
 
@@ -93,39 +94,43 @@ def test_adam_features_amplify_low_variance_coordinates():
     assert sgd[1] > sgd[0] and adam[0] > adam[1]
 
 
+METHODS = ("less", "random", "bm25", "dsir", "rds", "kcenter", "length", "full")
+
+
 @pytest.fixture(scope="module")
-def sweep(shared_cache, tmp_path_factory):
-    out = tmp_path_factory.mktemp("methods")
-    proc = run_cli(["selection=less,random,bm25,dsir,rds,kcenter,length,full", "logger=none",
-                    "stages=[prepare,warmup,datastore,select]"], shared_cache, out, multirun=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {json.loads((p / "results.json").read_text())["selection"]["method"]: json.loads((p / "results.json").read_text())
-            for p in sorted(out.iterdir()) if (p / "results.json").is_file()}
+def sweep(default_run, shared_cache, tmp_path_factory):
+    """Every method on the default pool and target (LESS's datastore from the default run)."""
+    return {m: run_pipeline([f"selection={m}", "stages=[prepare,warmup,datastore,select]"], shared_cache,
+                            tmp_path_factory.mktemp(m)) for m in METHODS}
 
 
 def test_methods_through_the_pipeline(sweep):
-    assert len(sweep) == 8
+    from less.selection.registry import names
+
+    assert set(METHODS) <= set(names())
     for m in ("bm25", "rds", "less", "dsir"):
         assert sweep[m]["selection"]["target_share"] > 2 * sweep[m]["selection"]["base_share"], m
     assert sweep["full"]["selection"]["n_selected"] == 600
     for m, res in sweep.items():
         assert (("warmup" in res["stages"]) == (m == "less")) and (("datastore" in res["stages"]) == (m == "less"))
+        assert ("representations" in res["artifacts"]) == (m in ("rds", "kcenter"))
         rows = open(res["selection"]["ranking"]).read().splitlines()
         assert rows[0] == "rank,id,source,score" and len(rows) == 601
         selected = [json.loads(x) for x in open(res["selection"]["selected"])]
         assert len(selected) == res["selection"]["n_selected"]
     assert sweep["less"]["selection"]["jaccard_vs_less"] == 1.0
-    for m in ("random", "bm25", "rds", "kcenter"):  # LESS ran first in the sweep, so it is cached
+    for m in ("random", "bm25", "rds", "kcenter"):  # the default LESS selection is cached
         assert 0 <= sweep[m]["selection"]["jaccard_vs_less"] < 1
 
 
-def test_no_warmup_ablation(shared_cache, tmp_path):
-    bad = run_cli(["logger=none", "datastore.use_warmup=false", "stages=[prepare,datastore]"], shared_cache, tmp_path / "a")
-    assert bad.returncode == 2 and "set datastore.gradient_type=sgd" in bad.stderr
-    ok = run_cli(["logger=none", "datastore.use_warmup=false", "datastore.gradient_type=sgd",
-                  "stages=[prepare,warmup,datastore,select]"], shared_cache, tmp_path / "b")
-    assert ok.returncode == 0, ok.stderr[-3000:]
-    res = json.loads((tmp_path / "b" / "results.json").read_text())
-    assert "warmup" not in res["stages"]
-    man = json.loads((__import__("pathlib").Path(res["selection"]["datastore"]) / "manifest.json").read_text())
+def test_no_warmup_ablation(shared_cache, tmp_path, capsys):
+    from tests.test_pipeline_e2e import run_expecting_error
+
+    err = run_expecting_error(["datastore.use_warmup=false", "stages=[prepare,datastore]"], shared_cache,
+                              tmp_path / "a", capsys)
+    assert "set datastore.gradient_type=sgd" in err
+    res = run_pipeline(["datastore.use_warmup=false", "datastore.gradient_type=sgd",
+                        "stages=[prepare,warmup,datastore,select]"], shared_cache, tmp_path / "b")
+    assert "warmup" not in res["stages"] and "init_adapter" in res["artifacts"]
+    man = json.loads((Path(res["selection"]["datastore"]) / "manifest.json").read_text())
     assert {f["checkpoint"] for f in man["files"]} == {0} and {f["lr_weight"] for f in man["files"]} == {1.0}

@@ -15,34 +15,33 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from less.cache import Cache
 from less.errors import ConfigError
 from less.evaluation.tasks import PAPER_TASKS, build_tasks
-from less.models import model_path
 
 log = logging.getLogger(__name__)
 PACKAGE_TASKS = Path(__file__).resolve().parents[1] / "tasks"
 
 
-def resolve_model(cfg: DictConfig, cache: Cache, train_dir: Path | None) -> tuple[str, str | None]:
-    """(base model path or hub id, adapter dir or None) to evaluate."""
+def resolve_model(cfg: DictConfig, base: str | None, train_dir: Path | None) -> tuple[str, str | None]:
+    """(base model path or hub id, adapter dir or None) to evaluate; ``base`` is where the
+    configured ``model`` loads from."""
     e = cfg.eval
     if e.model and e.model != "base":
         return str(e.model), (str(Path(e.adapter).expanduser().resolve()) if e.adapter else None)
     if e.model == "base":
-        return model_path(cfg.model, cache), None
+        return base, None
     if train_dir is None:
         raise ConfigError("eval.model is null (evaluate the trained model) but no train artifact was given")
     if (train_dir / "adapter").is_dir():
-        return model_path(cfg.model, cache), str(train_dir / "adapter")
+        return base, str(train_dir / "adapter")
     return str(train_dir / "model"), None
 
 
-def _wrap_package_tasks(e: DictConfig, prepare_dir: Path | None, out: Path) -> None:
+def _wrap_package_tasks(e: DictConfig, target_dir: Path | None, out: Path) -> None:
     """Tasks shipped by the package whose data a target writes (the synthetic one)."""
-    if prepare_dir is None:
+    if target_dir is None:
         return
-    for data in sorted((prepare_dir / "eval_data").glob("*.jsonl")):
+    for data in sorted((target_dir / "eval_data").glob("*.jsonl")):
         base = PACKAGE_TASKS / f"{data.stem}.yaml"
         if data.stem in e.tasks and base.is_file():
             out.mkdir(parents=True, exist_ok=True)
@@ -94,19 +93,19 @@ def flatten(res: dict[str, Any], built, plain: list[str]) -> dict[str, Any]:
     return flat
 
 
-def evaluate(cfg: DictConfig, cache: Cache, out: Path, device: torch.device, prepare_dir: Path | None,
+def evaluate(cfg: DictConfig, out: Path, device: torch.device, base: str | None, target_dir: Path | None,
              train_dir: Path | None) -> dict[str, Any]:
     import lm_eval
     from lm_eval.tasks import TaskManager
     from transformers import AutoTokenizer
 
     e = cfg.eval
-    base, adapter = resolve_model(cfg, cache, train_dir)
+    base, adapter = resolve_model(cfg, base, train_dir)
     tok_src = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base
     tokenizer = AutoTokenizer.from_pretrained(tok_src, trust_remote_code=bool(cfg.model.trust_remote_code))
     task_dir = out / "tasks"
     built = build_tasks(e, cfg.data, task_dir, tokenizer)
-    _wrap_package_tasks(e, prepare_dir, task_dir)
+    _wrap_package_tasks(e, target_dir, task_dir)
     plain = [t for t in e.tasks if t not in PAPER_TASKS]
     names = [b.group for b in built] + plain
     manager = TaskManager(include_path=[str(task_dir), *map(str, e.include_paths)] if task_dir.is_dir()

@@ -141,3 +141,14 @@ def assemble(work: Path, out: Path, epoch: int, dim: int, n_rows: int, dtype: st
     if scale is not None:
         scale.flush()
     return name
+
+
+def read_manifest(datastore_dir: Path) -> dict:
+    """A datastore's manifest.json with absolute paths added (``abspath``, ``idspath``)."""
+    import json
+
+    man = json.loads((Path(datastore_dir) / "manifest.json").read_text())
+    for f in man["files"]:
+        f["abspath"] = (Path(datastore_dir) / f["path"]).resolve()
+        f["idspath"] = (Path(datastore_dir) / f["ids"]).resolve()
+    return man

@@ -67,3 +67,14 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 def ranking_order(scores: np.ndarray) -> np.ndarray:
     """Every row, best score first, ties by index (the ranking file; its head is the selection)."""
     return np.lexsort((np.arange(len(scores)), -scores))
+
+
+def aggregate(similarity, subtasks: Sequence[str], reduce: str = "max") -> np.ndarray:
+    """score = reduce over subtasks of the mean of ``similarity(target indices)`` over the subtask's
+    target examples (``similarity`` returns (N, len(ix)) or, already averaged, (N,))."""
+    per_sub = []
+    for ix in subtask_groups(subtasks).values():
+        sim = similarity(ix)
+        per_sub.append(sim.mean(axis=1) if sim.ndim == 2 else sim)
+    stack = np.stack(per_sub, 1)
+    return stack.max(1) if reduce == "max" else stack.mean(1)

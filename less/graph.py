@@ -1,0 +1,113 @@
+"""What a pipeline stage declares. The runner (``less.runner``) walks the declarations.
+
+A :class:`Stage` is one cached artifact: its cache kind, the step of ``cfg.stages`` that builds it
+(``None``: built whenever a stage that runs needs it, e.g. the tiny model), its inputs (other
+stages, by role), the slice of config its key depends on, when it applies, how it is built and
+what it reports. A stage never computes keys, checks the cache or seeds random generators: the
+runner folds the inputs' keys into the key, builds the inputs first, and seeds python, numpy and
+torch from the key before every build, so an artifact's bytes depend only on its key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from omegaconf import DictConfig
+
+from less.cache import Artifact, Cache
+
+if TYPE_CHECKING:
+    import torch
+
+    from less.selection.registry import Method
+
+# The steps a user names in ``cfg.stages``, in pipeline order.
+STEPS = ("prepare", "warmup", "datastore", "select", "train", "eval")
+
+Inputs = dict[str, Artifact]  # role -> the input's artifact
+
+
+class Work(Protocol):
+    """Resumable work of a stage that is built in pieces (e.g. feature chunks), possibly by several
+    jobs: ``complete`` says whether every piece exists, ``assemble(out)`` writes the artifact."""
+
+    complete: bool
+    info: dict[str, Any]
+
+    def assemble(self, out: Path) -> None: ...
+
+
+class Context:
+    """What a stage's functions see: the config, the cache, the device and the output directory,
+    and ``artifact(name)``: where another stage's artifact is (built or not)."""
+
+    def __init__(self, cfg: DictConfig, cache: Cache, out_dir: Path, artifact: Callable[[str], Artifact]):
+        self.cfg, self.cache, self.out_dir = cfg, cache, out_dir
+        self.artifact = artifact
+        self._device = None
+
+    @property
+    def selector(self) -> DictConfig:
+        """M_S, the model whose gradients select: ``selector`` if set, else ``model``."""
+        return self.cfg.selector if self.cfg.get("selector") else self.cfg.model
+
+    @property
+    def method(self) -> "Method":
+        from less.selection.registry import get
+
+        return get(self.cfg.selection.method)
+
+    @property
+    def device(self) -> "torch.device":
+        if self._device is None:
+            from less.models import resolve_device
+
+            self._device = resolve_device(self.cfg.device)
+        return self._device
+
+
+def always(ctx: Context) -> bool:
+    return True
+
+
+def no_inputs(ctx: Context) -> dict[str, str]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One node of the pipeline graph.
+
+    - ``config(ctx)``: the plain config its artifact depends on (the runner adds its inputs' keys).
+    - ``inputs(ctx)``: {role: stage name}; an input that does not apply is dropped.
+    - ``build(ctx, inputs, out)``: writes the artifact into the empty directory ``out``.
+    - ``work(ctx, inputs, work_dir)``: instead of ``build`` for resumable, shardable stages: does this
+      job's part outside any lock (finished pieces on disk are skipped) and returns a :class:`Work`;
+      the runner assembles it once complete.
+    - ``report(ctx, art)``: its part of results.json (a nested dict, merged); ``track(ctx, art,
+      reported, tracker)``: extra W&B records (tables, histograms, artifacts).
+    """
+
+    name: str
+    config: Callable[[Context], dict[str, Any]]
+    build: Callable[[Context, Inputs, Path], Any] | None = None
+    work: Callable[[Context, Inputs, Path], Work] | None = None
+    inputs: Callable[[Context], dict[str, str]] = no_inputs
+    applies: Callable[[Context], bool] = always
+    step: str | None = None
+    kind: str | None = None  # cache folder; defaults to the name
+    shared_work: bool = True  # work dir shared by every job with this key (else one per process)
+    report: Callable[[Context, Artifact], dict[str, Any]] | None = None
+    track: Callable[[Context, Artifact, dict[str, Any], Any], None] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.build is None) == (self.work is None):
+            raise TypeError(f"stage {self.name}: give exactly one of build or work")
+        if self.step is not None and self.step not in STEPS:
+            raise TypeError(f"stage {self.name}: unknown step {self.step!r}")
+
+    @property
+    def cache_kind(self) -> str:
+        return self.kind or self.name

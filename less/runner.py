@@ -1,0 +1,320 @@
+"""Walks the stage graph (``less.stages.GRAPH``) for a run, or for ``plan=true`` without building.
+
+For each step in ``cfg.stages`` (pipeline order) the runner gets every stage of that step that
+applies. Getting a stage: its key is ``hash(kind, {"config": stage.config(ctx), "inputs": {role:
+input key}})``; a cached artifact is used as it is (its inputs are not needed); otherwise, if its
+step is to run (or it has no step, like the tiny model), its inputs are got first and it is built
+into a temporary directory renamed into place (less.cache), after seeding python, numpy and torch
+from its key. A stage whose step is not to run and whose artifact is missing stops the run with one
+line naming the step to add. The plan is the same walk asking only "cached?".
+
+Every run writes ``results.json`` (each stage's report merged, per-step times, accounting) to the
+output directory and prints a short summary (less.results).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from less.cache import Artifact, Cache, cache_key, to_plain, write_json_atomic
+from less.errors import CacheMiss, LessError
+from less.graph import STEPS, Context, Stage
+from less.results import accounting, estimate, flatten_metrics, merge, summary
+from less.tracking import NullTracker, make_tracker
+from less.validate import validate
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
+    """Entry point called by run.py (``out_dir``: Hydra's output directory unless given). User
+    errors become one line on stderr and exit code 2."""
+    try:
+        return Runner(cfg, out_dir or output_dir()).run()
+    except LessError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def output_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def run_name(cfg: DictConfig, out_dir: Path) -> str:
+    """W&B run name: the run name plus this job's overrides (e.g. ``default:selection.fraction=0.1``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = HydraConfig.get().job.override_dirname if HydraConfig.initialized() else ""
+    return f"{cfg.name}:{overrides or out_dir.name}"
+
+
+def seed_everything(key: str) -> int:
+    """Seed python, numpy and torch (every device) from an artifact key. The key holds the run seed
+    wherever the artifact depends on it, so the same key always starts from the same state."""
+    import torch
+
+    seed = int(key, 16) % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return seed
+
+
+class Runner:
+    def __init__(self, cfg: DictConfig, out_dir: Path, graph: tuple[Stage, ...] | None = None, check: bool = True):
+        if check:
+            validate(cfg)
+        if graph is None:
+            from less.stages import GRAPH as graph
+        self.cfg, self.out_dir = cfg, Path(out_dir)
+        self.cache = Cache(cfg.cache_dir)
+        self.graph = {s.name: s for s in graph}
+        self.ctx = Context(cfg, self.cache, self.out_dir, self.lookup)
+        self._specs: dict[str, dict[str, Any]] = {}
+        self._keys: dict[str, str] = {}
+        self.got: dict[str, Artifact | None] = {}
+        self.incomplete: dict[str, dict[str, Any]] = {}
+        self.results: dict[str, Any] = {"stages": {}, "artifacts": {}}
+        self.tracker = NullTracker()
+        self._step: list[str] = []  # steps being built (the innermost gets a step-less stage's time)
+
+    # -- keys -------------------------------------------------------------------------------------
+    def applies(self, name: str) -> bool:
+        return self.graph[name].applies(self.ctx)
+
+    def inputs(self, name: str) -> dict[str, str]:
+        """{role: stage} of the inputs that apply."""
+        return {role: dep for role, dep in self.graph[name].inputs(self.ctx).items() if self.applies(dep)}
+
+    def spec(self, name: str) -> dict[str, Any]:
+        if name not in self._specs:
+            self._specs[name] = {"config": to_plain(self.graph[name].config(self.ctx)),
+                                 "inputs": {role: self.key(dep) for role, dep in self.inputs(name).items()}}
+        return self._specs[name]
+
+    def key(self, name: str) -> str:
+        if name not in self._keys:
+            self._keys[name] = cache_key(self.graph[name].cache_kind, self.spec(name))
+        return self._keys[name]
+
+    def lookup(self, name: str) -> Artifact:
+        """Where stage ``name``'s artifact is for this config (built or not)."""
+        kind, key = self.graph[name].cache_kind, self.key(name)
+        d = self.cache.path(kind, key)
+        return Artifact(kind, key, d, d.is_dir())
+
+    def wanted(self, name: str) -> bool:
+        """Whether this run may build stage ``name``."""
+        step = self.graph[name].step
+        return step is None or step in self.cfg.stages
+
+    def stages_of(self, step: str) -> list[str]:
+        return [n for n, s in self.graph.items() if s.step == step and self.applies(n)]
+
+    # -- the walk -----------------------------------------------------------------------------------
+    def get(self, name: str) -> Artifact | None:
+        """The artifact of stage ``name``: cached, or built (inputs first) if this run may build it.
+        None when it is incomplete: a shard job that left pieces to others."""
+        if name in self.got:
+            return self.got[name]
+        s, art, t0 = self.graph[name], self.lookup(name), time.time()
+        if not art.cached:
+            if not self.wanted(name):
+                raise CacheMiss(f"{s.cache_kind} artifact {art.key} is not in the cache ({art.dir}); "
+                                f"add '{s.step}' to stages to compute it")
+            if s.step is not None:
+                self._step.append(s.step)
+            try:
+                art = self._make(name)
+            finally:
+                if s.step is not None:
+                    self._step.pop()
+        self.got[name] = art
+        self._record(name, art, time.time() - t0)
+        return art
+
+    def _make(self, name: str) -> Artifact | None:
+        s = self.graph[name]
+        inputs = {}
+        for role, dep in self.inputs(name).items():
+            a = self.get(dep)
+            if a is None:
+                info = self.incomplete[dep]
+                if self.graph[dep].step == s.step:  # e.g. the datastore of a shard job
+                    self.incomplete[name] = info
+                    return None
+                raise CacheMiss(f"{info['stage']} is incomplete ({info['reason']}); "
+                                f"run the other shards, then stages=[{s.step}]")
+            inputs[role] = a
+        key = self.key(name)
+        if s.build is not None:
+            def build(out: Path) -> None:
+                seed_everything(key)
+                s.build(self.ctx, inputs, out)
+            return self.cache.get_or_build(s.cache_kind, self.spec(name), build)
+        # resumable work outside any lock, then assembly under the artifact's lock
+        root = self.cache.root / s.cache_kind
+        work_dir = root / (f".work-{key}" if s.shared_work else f".work-{key}-{os.getpid()}")
+        seed_everything(key)
+        work = s.work(self.ctx, inputs, work_dir)
+        if not work.complete and not self.lookup(name).cached:
+            self.incomplete[name] = {"stage": name, **work.info}
+            log.info("%s: %s", name, work.info.get("reason", "incomplete"))
+            return None
+
+        def assemble(out: Path) -> None:
+            seed_everything(key)
+            work.assemble(out)
+        art = self.cache.get_or_build(s.cache_kind, self.spec(name), assemble)
+        shutil.rmtree(work_dir, ignore_errors=True)
+        return art
+
+    def _record(self, name: str, art: Artifact | None, seconds: float) -> None:
+        s = self.graph[name]
+        ref = self.lookup(name)
+        self.results["artifacts"][name] = {
+            "kind": ref.kind, "key": ref.key, "dir": str(ref.dir), "cached": bool(art and art.cached),
+            "seconds": round(seconds, 3), **({"complete": False} if art is None else {})}
+        step = s.step or (self._step[-1] if self._step else None)
+        if step not in self.cfg.stages:  # an input taken from the cache: listed under artifacts only
+            return
+        rec = self.results["stages"].setdefault(step, {"seconds": 0.0, "cached": True})
+        if s.step is None:  # a step-less input (the tiny model) built for this step: its time only
+            rec["seconds"] = round(rec["seconds"] + seconds, 3)
+            return
+        rec["seconds"] = round(rec["seconds"] + seconds, 3)
+        rec["cached"] = rec["cached"] and art is not None and art.cached
+        rec.update(dir=str(ref.dir), key=ref.key)  # the step's last stage (graph order) names it
+        if art is None:
+            rec.update(complete=False, **{k: v for k, v in self.incomplete[name].items() if k not in ("reason", "stage")})
+
+    def run(self) -> dict[str, Any]:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.cfg.plan:
+            return self.plan()
+        self.tracker = make_tracker(self.cfg.logger, OmegaConf.to_container(self.cfg, resolve=True), self.out_dir,
+                                    name=run_name(self.cfg, self.out_dir))
+        try:
+            for step in STEPS:
+                if step not in self.cfg.stages:
+                    continue
+                names = self.stages_of(step)
+                if not names:
+                    log.info("skipping %s: not needed with selection.method=%s and these datastore settings",
+                             step, self.cfg.selection.method)
+                for name in names:
+                    self.get(name)
+            self._report()
+            self._accounting()
+            self._finish()
+        finally:
+            self.tracker.finish()
+            gc.collect()
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        return self.results
+
+    # -- what a run reports -------------------------------------------------------------------------
+    def _report(self) -> None:
+        for name, s in self.graph.items():
+            art = self.got.get(name)
+            if art is None or s.report is None:
+                continue
+            part = s.report(self.ctx, art)
+            merge(self.results, part)
+            if s.track is not None:
+                s.track(self.ctx, art, part, self.tracker)
+        self.tracker.log({f"stages/{n}/seconds": s["seconds"] for n, s in self.results["stages"].items()})
+
+    def _params(self) -> dict[str, int | None]:
+        from less.models import model_source, param_count
+
+        out = {}
+        for role, m in (("selector", self.ctx.selector), ("model", self.cfg.model)):
+            built = self.lookup(role) if m.kind == "tiny" else None
+            out[role] = None if built is not None and not built.cached else param_count(
+                model_source(m, built.dir if built else None), bool(m.trust_remote_code))
+        return out
+
+    def _accounting(self) -> None:
+        """Tokens, epochs, repeated tokens, estimated FLOPs and wall time of this run."""
+        read = lambda p: json.loads(p.read_text()) if p.is_file() else {}  # noqa: E731
+        got = {n: a for n, a in self.got.items() if a is not None}
+        counts = selected = None
+        if "pool" in got:
+            counts = read(self.get("token_counts").dir / "tokens.json")["by_id"]
+            if "select" in got:
+                selected = [json.loads(x)["id"] for x in open(got["select"].dir / "selected.jsonl")]
+        features = [read(got[n].dir / "features.json") for n in ("pool_features", "target_features")
+                    if n in got and "datastore" in got]
+        acc = accounting({n: s["seconds"] for n, s in self.results["stages"].items()}, counts, selected,
+                         read(got["warmup"].dir / "warmup.json") if "warmup" in got else {}, features,
+                         read(got["train"].dir / "train.json") if "train" in got else {}, self._params())
+        self.results["accounting"] = acc
+        self.tracker.summary({k: v for k, v in flatten_metrics(acc, "accounting").items() if v is not None})
+
+    def _finish(self) -> None:
+        r, c = self.results, self.cfg
+        r["config"] = {"name": c.name, "model": c.model.name, "selector": self.ctx.selector.name,
+                       "pool": c.pool.name, "target": c.target.name, "stages": list(c.stages)}
+        r["wandb"] = {"mode": self.tracker.mode, "dir": self.tracker.dir}
+        write_json_atomic(self.out_dir / "results.json", r)
+        print(summary(r, self.out_dir / "results.json"))
+
+    # -- the dry run --------------------------------------------------------------------------------
+    def status(self, name: str) -> str:
+        """"cached", "to run", or "missing" (not cached and its step is not in ``stages``)."""
+        if self.lookup(name).cached:
+            return "cached"
+        if not self.wanted(name):
+            return "missing"
+        return "missing" if any(self.status(d) == "missing" for d in self.inputs(name).values()) else "to run"
+
+    def plan(self) -> dict[str, Any]:
+        """Which stages of this job are cached, which would run, and their estimated cost."""
+        c = self.cfg
+        steps, artifacts = {}, {}
+        for step in STEPS:
+            names = self.stages_of(step) if step in c.stages else []
+            for n in names:
+                artifacts[n] = self.status(n)
+            if names:
+                st = {artifacts[n] for n in names}
+                steps[step] = "missing" if "missing" in st else ("to run" if "to run" in st else "cached")
+        pool = self.lookup("pool")
+        pool_tokens = None
+        if pool.cached:  # ~4 characters per token until the token counts are known
+            pool_tokens = sum(len(line) for line in open(pool.dir / "pool.jsonl", encoding="utf-8")) // 4
+        frac = 1.0 if c.selection.method == "full" else (c.selection.get("fraction") or 0.05)
+        params = self._params()
+        ds = c.datastore
+        n_ckpt = len(ds.checkpoints) if ds.checkpoints else (1 if not ds.use_warmup else c.warmup.epochs)
+        todo = lambda step, v: v if steps.get(step) == "to run" else None  # noqa: E731
+        est = estimate(params["selector"], params["model"],
+                       todo("warmup", pool_tokens and int(pool_tokens * c.warmup.fraction)), c.warmup.epochs,
+                       todo("datastore", pool_tokens), n_ckpt,
+                       todo("train", pool_tokens and int(pool_tokens * frac)), c.train.epochs)
+        plan = {"job": run_name(c, self.out_dir), "stages": steps, "artifacts": artifacts,
+                "pool_tokens_estimate": pool_tokens, **est}
+        write_json_atomic(self.out_dir / "plan.json", plan)
+        cost = ", ".join(f"{k} {v:.2g}" for k, v in est["flops"].items() if v)
+        print(f"plan {plan['job']}: " + ", ".join(f"{k} {v}" for k, v in steps.items())
+              + (f" | remaining FLOPs: {cost}" if cost else "") + (
+                  f" (~{est['gpu_hours_h100_at_40pct_mfu']:.2g} H100-hours)" if est["gpu_hours_h100_at_40pct_mfu"] else ""))
+        return plan

@@ -1,0 +1,24 @@
+"""The pipeline's stages, one module each; GRAPH lists them in pipeline order (the runner walks it).
+
+    prepare:   pool, target                      (+ the tiny selector / model when kind=tiny)
+    warmup:    warmup                            (LoRA on a slice of the pool, one checkpoint per epoch)
+    datastore: init_adapter (no-warmup ablation), pool_features, target_features, datastore
+    select:    representations (rds, kcenter), select
+    train:     train
+    eval:      eval
+    (always):  token_counts (accounting)
+"""
+
+from less.stages.datastore import DATASTORE
+from less.stages.eval import EVAL
+from less.stages.features import POOL_FEATURES, TARGET_FEATURES
+from less.stages.model import MODEL, SELECTOR
+from less.stages.prepare import POOL, TARGET
+from less.stages.representations import REPRESENTATIONS
+from less.stages.select import SELECT
+from less.stages.token_counts import TOKEN_COUNTS
+from less.stages.train import TRAIN
+from less.stages.warmup import INIT_ADAPTER, WARMUP
+
+GRAPH = (SELECTOR, MODEL, TARGET, POOL, WARMUP, INIT_ADAPTER, POOL_FEATURES, TARGET_FEATURES, DATASTORE,
+         REPRESENTATIONS, SELECT, TRAIN, EVAL, TOKEN_COUNTS)

@@ -1,0 +1,42 @@
+"""The datastore: ``manifest.json`` listing every feature array (pool and target) with its checkpoint,
+split, gradient type, dim and learning-rate weight. The arrays stay in the features artifacts."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from less.cache import write_json_atomic
+from less.graph import Context, Inputs, Stage
+from less.stages.warmup import needs_gradients
+
+
+def build(ctx: Context, inputs: Inputs, out: Path) -> None:
+    """Paths are relative to the datastore's directory; ``out`` is a sibling of the final directory
+    (both ``<cache>/datastore/<name>``), so they hold after the rename."""
+    def rel(path: Path) -> str:
+        return os.path.relpath(path, out)
+
+    files = []
+    for split in ("pool", "target"):
+        split_dir = inputs[split].dir
+        meta = json.loads((split_dir / "features.json").read_text())
+        total = sum(c["avg_lr"] for c in meta["checkpoints"])
+        for c in meta["checkpoints"]:
+            for d, name in c["files"].items():
+                entry = {"path": rel(split_dir / name), "checkpoint": c["epoch"], "split": meta["split"],
+                         "gradient_type": meta["gradient_type"], "dim": int(d), "projection": meta["projection"],
+                         "normalized": meta["normalized"], "dtype": meta["dtype"], "rows": meta["n"],
+                         "avg_lr": c["avg_lr"], "lr_weight": c["avg_lr"] / total if total > 0 else None,
+                         "ids": rel(split_dir / meta["ids"])}
+                if meta["dtype"] == "int8":
+                    entry["scale"] = rel(split_dir / name.replace(".npy", ".scale.npy"))
+                files.append(entry)
+    write_json_atomic(out / "manifest.json", {
+        "pool": rel(inputs["pool"].dir), "target": rel(inputs["target"].dir), "files": files})
+
+
+DATASTORE = Stage(
+    "datastore", step="datastore", build=build, applies=needs_gradients, config=lambda ctx: {},
+    inputs=lambda ctx: {"pool": "pool_features", "target": "target_features"})

@@ -1,0 +1,225 @@
+"""Gradient features of one split (pool: Adam direction or plain gradient; target: plain gradient)
+at every warmup checkpoint: projected, normalised, stored as arrays (see less.gradients).
+
+Extraction is resumable and shardable: rows are computed in fixed chunks written atomically to a
+work directory (``<cache>/features/.work-<key>``); a killed job skips the chunks on disk, and shard
+``i`` of ``n`` computes its contiguous run of chunks. Whichever job finds every chunk present
+assembles the artifact. The pool's work directory is shared by every job with the same key; each
+job extracts the (small) target alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from less.cache import to_plain, write_json_atomic
+from less.checkpoints import CHECKPOINT_META, external_warmup_spec, warmup_checkpoints
+from less.data.formats import encode_examples, read_examples, write_jsonl
+from less.errors import DataError
+from less.graph import Context, Inputs, Stage
+from less.models import load_model, load_tokenizer, model_spec
+from less.stages.model import source
+from less.stages.warmup import needs_gradients
+
+# Settings that change only how fast or in how many jobs features are made, not what they are
+# (beyond float rounding: see README, "What is reproducible"); they stay out of the key.
+SPEED_ONLY = ("token_budget", "max_batch_size", "gradient_checkpointing", "chunk_size", "shard", "num_shards")
+
+
+def datastore_spec(ds: DictConfig) -> dict[str, Any]:
+    """The datastore settings features depend on."""
+    spec = {k: v for k, v in to_plain(ds).items() if k not in SPEED_ONLY and k not in ("warmup_dir", "lr_weights")}
+    if isinstance(spec["projection"], dict):
+        spec["projection"] = {k: v for k, v in spec["projection"].items() if k not in ("batch_size", "cache_gb")}
+    return spec
+
+
+def projection_dims(ds: DictConfig) -> list[int] | None:
+    """Sorted projection dims, or None for ``datastore.projection=none`` (flat features)."""
+    if isinstance(ds.projection, str):
+        return None
+    return sorted({int(d) for d in ds.projection.dims})
+
+
+def chunks_of(n_rows: int, chunk_size: int, shard: int, num_shards: int) -> list[tuple[int, int]]:
+    """This shard's chunks: a contiguous run of the split's fixed chunks (shard-independent)."""
+    chunks = [(s, min(n_rows, s + chunk_size)) for s in range(0, n_rows, chunk_size)]
+    lo, hi = len(chunks) * shard // num_shards, len(chunks) * (shard + 1) // num_shards
+    return chunks[lo:hi]
+
+
+class SplitFeatures:
+    """Extraction of one split's features into resumable chunk files under ``work``; a
+    :class:`less.graph.Work`."""
+
+    def __init__(self, cfg: DictConfig, selector_cfg: DictConfig, selector_src: str, device, warmup_dir: Path,
+                 examples_path: Path, split: str, work: Path):
+        self.cfg, self.selector_cfg, self.selector_src = cfg, selector_cfg, selector_src
+        self.ds, self.split, self.work, self.device = cfg.datastore, split, work, device
+        self.warmup_dir = warmup_dir
+        self.gtype = self.ds.gradient_type if split == "pool" else "sgd"
+        self.tok = load_tokenizer(selector_cfg, selector_src)
+        self.examples = read_examples(examples_path)
+        # D_val completions carry no EOS (as in LESS); pool examples are encoded as in training
+        self.enc = encode_examples(self.examples, self.tok, self.ds.max_length, completion_eos=split == "pool",
+                                   chat_format=cfg.chat_format,
+                                   truncation="right" if split == "pool" else self.ds.target_truncation)
+        if not len(self.enc):
+            raise DataError(f"{examples_path}: no example has a labelled token ({dict(self.enc.dropped)})")
+        self.ckpts = warmup_checkpoints(warmup_dir, self.ds)
+        self.dims = projection_dims(self.ds)
+        self.info: dict[str, Any] = {}
+
+    def _flat_dim(self) -> int | None:
+        meta = self.work / "flat_dim.txt"
+        return int(meta.read_text()) if meta.is_file() else None
+
+    def missing(self, shard: int, num_shards: int) -> dict[int, list[tuple[int, int]]]:
+        from less.gradients.store import chunk_done
+
+        mine = chunks_of(len(self.enc), self.ds.chunk_size, shard, num_shards)
+        dmax = self.dims[-1] if self.dims else self._flat_dim()
+        return {c["epoch"]: [ch for ch in mine if dmax is None or not chunk_done(self.work, c["epoch"], dmax, *ch)]
+                for c in self.ckpts}
+
+    def extract(self, shard: int = 0, num_shards: int = 1) -> None:
+        """Compute every chunk of this shard that is not on disk yet (a killed run resumes here)."""
+        from tqdm.auto import tqdm
+
+        from less.gradients.features import finish
+        from less.gradients.store import write_chunk
+
+        todo = self.missing(shard, num_shards)
+        for c in self.ckpts:
+            chunks = todo[c["epoch"]]
+            if not chunks:
+                continue
+            model, ex = self._extractor(self.warmup_dir / c["dir"])
+            self.work.mkdir(parents=True, exist_ok=True)
+            if self.dims is None:
+                (self.work / "flat_dim.txt").write_text(str(ex.total))
+            try:
+                for start, stop in tqdm(chunks, desc=f"{self.split} features epoch {c['epoch']}", leave=False):
+                    x = ex.unscaled(self.enc, list(range(start, stop)))
+                    feats = {d: finish(x[:, :d], bool(self.ds.normalize)).numpy()
+                             for d in (self.dims or [ex.total])}
+                    write_chunk(self.work, c["epoch"], feats, start, stop, self.ds.dtype)
+            finally:
+                ex.close()
+            del model
+
+    def _extractor(self, ckpt_dir: Path):
+        import torch
+        from peft import PeftModel
+
+        from less.gradients.adam import load_moments
+        from less.gradients.features import FeatureExtractor
+
+        model = PeftModel.from_pretrained(load_model(self.selector_cfg, self.selector_src, self.device),
+                                          str(ckpt_dir), is_trainable=True)
+        moments, betas, eps = None, (0.9, 0.999), float(self.ds.adam_eps)
+        if self.gtype == "adam":
+            meta_file = ckpt_dir / CHECKPOINT_META
+            names = json.loads(meta_file.read_text())["optimizer_param_names"] if meta_file.is_file() else None
+            shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+            mom = load_moments(ckpt_dir, names, shapes)
+            moments, betas = mom.by_name, mom.betas or betas
+            eps = mom.eps if mom.eps is not None else eps
+        proj = self.ds.projection
+        ex = FeatureExtractor(
+            model, pad_id=self.tok.pad_token_id, dims=self.dims, seed=0 if self.dims is None else proj.seed,
+            device=self.device, moments=moments, betas=betas, eps=eps, token_budget=self.ds.token_budget,
+            max_batch=self.ds.max_batch_size,
+            projection_batch=self.ds.max_batch_size if self.dims is None else proj.batch_size,
+            cache_bytes=0 if self.dims is None else int(proj.cache_gb * 2**30))
+        if self.ds.gradient_checkpointing:
+            # HF checkpoints only in train mode; dropout modules stay in eval (features need it off)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.train()
+            for m in model.modules():
+                if isinstance(m, torch.nn.Dropout):
+                    m.eval()
+        return model, ex
+
+    @property
+    def complete(self) -> bool:
+        return all(not v for v in self.missing(0, 1).values()) and (self.dims is not None or bool(self._flat_dim()))
+
+    def assemble(self, out: Path) -> None:
+        """The final features artifact: one array per (checkpoint, dim), rows in split order."""
+        from less.gradients.store import assemble
+
+        dims = self.dims or [self._flat_dim()]
+        entries = []
+        for c in self.ckpts:
+            files = {str(d): assemble(self.work, out, c["epoch"], d, len(self.enc), self.ds.dtype) for d in dims}
+            entries.append({"epoch": c["epoch"], "avg_lr": c["avg_lr"], "files": files})
+        write_jsonl(out / "ids.jsonl", [{"id": i} for i in self.enc.ids])
+        write_json_atomic(out / "features.json", {
+            "split": self.split, "gradient_type": self.gtype, "normalized": bool(self.ds.normalize),
+            "projection": "none" if self.dims is None else "rademacher", "dims": dims, "dtype": self.ds.dtype,
+            "n": len(self.enc), "n_tokens": sum(map(len, self.enc.input_ids)), "n_input": len(self.examples),
+            "dropped": dict(self.enc.dropped),
+            "truncated": self.enc.truncated, "dropped_ids": self.enc.dropped_ids, "ids": "ids.jsonl",
+            "checkpoints": entries})
+
+
+def _checkpoints_dir(ctx: Context, inputs: Inputs) -> Path:
+    ds = ctx.cfg.datastore
+    if ds.warmup_dir:
+        warm = Path(ds.warmup_dir).expanduser().resolve()
+        if not warm.is_dir():
+            raise DataError(f"{warm}: warmup run not found (set by datastore.warmup_dir)")
+        return warm
+    return inputs["checkpoints"].dir
+
+
+def _work(split: str):
+    def work(ctx: Context, inputs: Inputs, work_dir: Path) -> SplitFeatures:
+        ds = ctx.cfg.datastore
+        sf = SplitFeatures(ctx.cfg, ctx.selector, source(ctx, inputs, "selector"), ctx.device,
+                           _checkpoints_dir(ctx, inputs), inputs["examples"].dir / f"{split}.jsonl", split, work_dir)
+        shard, num_shards = (ds.shard, ds.num_shards) if split == "pool" else (0, 1)
+        sf.extract(shard, num_shards)
+        if not sf.complete:
+            left = sum(len(v) for v in sf.missing(0, 1).values())
+            sf.info = {"shard": shard, "num_shards": num_shards, "missing_chunks": left,
+                       "reason": f"shard {shard} of {num_shards} done, {left} chunks left to the other shards"}
+        return sf
+    return work
+
+
+def _config(split: str):
+    def config(ctx: Context) -> dict[str, Any]:
+        ds = ctx.cfg.datastore
+        spec = datastore_spec(ds)
+        spec.pop("target_truncation" if split == "pool" else "gradient_type")
+        return {"split": split, "selector": model_spec(ctx.selector), "chat_format": ctx.cfg.chat_format,
+                "datastore": spec, "external_warmup": external_warmup_spec(ds) if ds.warmup_dir else None}
+    return config
+
+
+def _report(ctx: Context, art) -> dict[str, Any]:
+    meta = json.loads((art.dir / "features.json").read_text())
+    return {"data": {meta["split"]: {"dropped": meta["dropped"], "truncated": meta.get("truncated", 0)}}}
+
+
+def _track(ctx: Context, art, reported: dict[str, Any], tracker) -> None:
+    for split, rec in reported["data"].items():
+        tracker.summary({f"data/{split}/dropped/{k}": v for k, v in rec["dropped"].items()})
+
+
+def _features(split: str) -> Stage:
+    return Stage(
+        f"{split}_features", kind="features", step="datastore", work=_work(split), config=_config(split),
+        shared_work=split == "pool", report=_report, track=_track, applies=needs_gradients,
+        inputs=lambda ctx: {"examples": split, "selector": "selector",
+                            "checkpoints": "warmup" if ctx.cfg.datastore.use_warmup else "init_adapter"})
+
+
+POOL_FEATURES = _features("pool")
+TARGET_FEATURES = _features("target")

@@ -1,0 +1,39 @@
+"""The ``prepare`` step: the pool and the target set (D_val) as JSONL. Two artifacts, so that what
+depends only on the pool (warmup, pool features, target-free selections) is shared by every target."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from less.cache import write_json_atomic
+from less.data import sources
+from less.data.formats import write_jsonl
+from less.graph import Context, Inputs, Stage
+
+
+def build_pool(ctx: Context, inputs: Inputs, out: Path) -> None:
+    pool = sources.load_pool(ctx.cfg.pool, ctx.cfg.data)
+    write_jsonl(out / "pool.jsonl", pool)
+    write_json_atomic(out / "pool.json", {"n": len(pool), "by_source": sources.counts(pool, "dataset")})
+
+
+def build_target(ctx: Context, inputs: Inputs, out: Path) -> None:
+    target = sources.load_target(ctx.cfg.target, ctx.cfg.data)
+    write_jsonl(out / "target.jsonl", target)
+    (out / "eval_data").mkdir()
+    for task, rows in sources.eval_data(ctx.cfg.target).items():
+        write_jsonl(out / "eval_data" / f"{task}.jsonl", rows)
+    write_json_atomic(out / "target.json", {"name": ctx.cfg.target.name, "n": len(target),
+                                            "by_subtask": sources.counts(target, "subtask")})
+
+
+POOL = Stage(
+    "pool", step="prepare", build=build_pool,
+    config=lambda ctx: sources.pool_spec(ctx.cfg.pool, ctx.cfg.data),
+    report=lambda ctx, art: {"data": {"pool": json.loads((art.dir / "pool.json").read_text())}})
+
+TARGET = Stage(
+    "target", step="prepare", build=build_target,
+    config=lambda ctx: sources.target_spec(ctx.cfg.target, ctx.cfg.data),
+    report=lambda ctx, art: {"data": {"target": json.loads((art.dir / "target.json").read_text())}})

@@ -1,0 +1,126 @@
+"""The ``select`` step: any registered selection method (less.selection.registry) scores the pool;
+one global sort; the top ``selection.fraction`` of the whole pool (or ``selection.k``) is selected.
+Every method writes the same ranking, selection and report."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from less.cache import to_plain, write_json_atomic
+from less.data import sources
+from less.data.formats import read_examples, write_jsonl
+from less.graph import Context, Inputs, Stage
+from less.selection.registry import Request, Scored
+
+
+def build(ctx: Context, inputs: Inputs, out: Path) -> None:
+    from less.selection.scoring import ranking_order
+
+    s, m = ctx.cfg.selection, ctx.method
+    pool_rows = read_examples(inputs["pool"].dir / "pool.jsonl")
+    pool = {str(r["id"]): r for r in pool_rows}
+    target = read_examples(inputs["target"].dir / "target.jsonl") if "target" in inputs else None
+    req = Request(s, ctx.cfg.seed, pool_rows, target,
+                  datastore=inputs["datastore"].dir if "datastore" in inputs else None,
+                  representations=inputs["representations"].dir if "representations" in inputs else None)
+    got = m.score(req)
+    res = got if isinstance(got, Scored) else Scored(got)
+    scores = np.asarray(res.scores, dtype=np.float64)
+    ids = [str(i) for i in res.ids] if res.ids is not None else list(pool)
+    if len(ids) != len(scores):
+        raise RuntimeError(f"selection method {m.name} gave {len(scores)} scores for {len(ids)} examples")
+    n_sel = res.n_selected if res.n_selected is not None else req.n_select(len(scores))
+    order = ranking_order(scores)  # the ranking file lists every row, so one full sort serves both
+    with open(out / "ranking.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["rank", "id", "source", "score"])
+        for rank, i in enumerate(order, 1):
+            w.writerow([rank, ids[i], pool[ids[i]].get("dataset"), f"{scores[i]:.8g}"])
+    selected = [pool[ids[i]] for i in order[:n_sel]]
+    write_jsonl(out / "selected.jsonl", selected)
+    np.save(out / "scores.npy", scores)
+    write_json_atomic(out / "selection.json", {
+        "method": m.name, "n_selected": n_sel, "n_ranked": len(order),
+        "by_source": sources.counts(selected, "dataset"),
+        "subtasks": None if target is None else list(dict.fromkeys(r["subtask"] for r in target)), **res.extra})
+
+
+def skill_shares(ctx: Context, select_dir: Path) -> dict[str, Any]:
+    """The target skill's share of the selection and of the pool, when the pool carries ``skill``
+    labels (the synthetic one does) and the target names one; computed for this run's target, so
+    a target-free selection reports the shares of whichever target it serves."""
+    skill, pool = ctx.cfg.target.get("skill"), ctx.artifact("pool")
+    none = {"target_skill": None, "target_share": None, "base_share": None}
+    if skill is None or not pool.cached:
+        return none
+    rows = read_examples(pool.dir / "pool.jsonl")
+    if not all("skill" in r for r in rows):
+        return none
+    selected = read_examples(select_dir / "selected.jsonl")
+    share = lambda xs: sum(r["skill"] == skill for r in xs) / len(xs)  # noqa: E731
+    return {"target_skill": skill, "target_share": share(selected), "base_share": share(rows)}
+
+
+LESS_DEFAULTS = Path(__file__).resolve().parents[2] / "conf" / "selection" / "less.yaml"
+
+
+def jaccard_vs_less(ctx: Context, select_dir: Path) -> float | None:
+    """Overlap of this selection with the default LESS selection of the same configuration (same
+    fraction / k), if that one is in the cache."""
+    from less.runner import Runner
+
+    if not LESS_DEFAULTS.is_file():
+        return None
+    less = OmegaConf.load(LESS_DEFAULTS)
+    less.fraction, less.k = ctx.cfg.selection.get("fraction"), ctx.cfg.selection.get("k")
+    cfg: DictConfig = copy.deepcopy(ctx.cfg)
+    with open_dict(cfg):
+        cfg.selection = less
+    other = Runner(cfg, ctx.out_dir, check=False).lookup("select")
+    if not other.cached:
+        return None
+    ids = lambda p: {json.loads(line)["id"] for line in open(p / "selected.jsonl")}  # noqa: E731
+    a, b = ids(select_dir), ids(other.dir)
+    return len(a & b) / len(a | b) if a | b else None
+
+
+def report(ctx: Context, art) -> dict[str, Any]:
+    d = art.dir
+    stats = json.loads((d / "selection.json").read_text())
+    return {"selection": {**stats, **skill_shares(ctx, d), "ranking": str(d / "ranking.csv"),
+                          "selected": str(d / "selected.jsonl"), "jaccard_vs_less": jaccard_vs_less(ctx, d)}}
+
+
+def track(ctx: Context, art, reported: dict[str, Any], tracker) -> None:
+    d = art.dir
+    stats = reported["selection"]
+    tracker.summary({f"selection/{k}": v for k, v in stats.items() if isinstance(v, (int, float, str)) or v is None})
+    tracker.table("selection/by_source", ["source", "n"], [[k, v] for k, v in stats["by_source"].items()])
+    tracker.histogram("selection/scores", np.load(d / "scores.npy"))
+    with open(d / "ranking.csv") as fh:
+        rows = [line.rstrip("\n").split(",") for line in fh][1:101]
+    tracker.table("selection/top", ["rank", "id", "source", "score"], [[int(a), b, c, float(s)] for a, b, c, s in rows])
+    tracker.artifact(f"ranking-{d.name}", "ranking", [d / "ranking.csv", d / "selection.json"])
+    tracker.artifact(f"selected-{d.name}", "selection", [d / "selected.jsonl"])
+
+
+def inputs(ctx: Context) -> dict[str, str]:
+    m = ctx.method
+    out = {"pool": "pool"} if m.target_free else {"pool": "pool", "target": "target"}
+    if m.needs == "gradients":
+        out["datastore"] = "datastore"
+    if m.needs == "representations":
+        out["representations"] = "representations"
+    return out
+
+
+SELECT = Stage(
+    "select", step="select", build=build, inputs=inputs, report=report, track=track,
+    config=lambda ctx: {"selection": to_plain(ctx.cfg.selection), "seed": ctx.cfg.seed})

@@ -1,0 +1,89 @@
+"""The ``warmup`` step: LoRA training of the selector on a random ``warmup.fraction`` of the pool,
+one checkpoint per epoch (adapter, AdamW moments, the epoch's average learning rate). Also the
+checkpoints features can come from instead: a fresh LoRA (the no-warmup ablation) or an external
+run (``datastore.warmup_dir``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from less.cache import to_plain, write_json_atomic
+from less.checkpoints import CHECKPOINT_META
+from less.data.formats import encode_examples, read_examples, write_jsonl
+from less.errors import DataError
+from less.graph import Context, Inputs, Stage
+from less.models import load_model, load_tokenizer, lora_config, model_spec
+from less.stages.model import source
+
+
+
+def needs_gradients(ctx: Context) -> bool:
+    return ctx.method.needs == "gradients"
+
+
+def build_warmup(ctx: Context, inputs: Inputs, out: Path) -> None:
+    from peft import get_peft_model
+
+    from less.training import fit
+
+    cfg, w = ctx.cfg, ctx.cfg.warmup
+    pool = read_examples(inputs["pool"].dir / "pool.jsonl")
+    rng = np.random.default_rng(cfg.seed)
+    n = max(1, int(round(w.fraction * len(pool))))
+    subset = [pool[i] for i in sorted(rng.choice(len(pool), n, replace=False))]
+    src = source(ctx, inputs, "selector")
+    tok = load_tokenizer(ctx.selector, src)
+    enc = encode_examples(subset, tok, w.max_length, chat_format=cfg.chat_format)
+    if not len(enc):
+        raise DataError(f"warmup subset of {n} examples has no trainable example ({dict(enc.dropped)})")
+    model = get_peft_model(load_model(ctx.selector, src, ctx.device), lora_config(w.lora))
+    metrics = fit(model, tok, enc, w, out / "trainer", cfg.seed, save_every_epoch=True, device=ctx.device)
+    ckpts = sorted((out / "trainer").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    if len(ckpts) != w.epochs:
+        raise RuntimeError(f"warmup wrote {len(ckpts)} checkpoints for {w.epochs} epochs")
+    entries = []
+    for c in ckpts:
+        meta = json.loads((c / CHECKPOINT_META).read_text())
+        entries.append({"epoch": meta["epoch"], "step": meta["step"], "avg_lr": meta["avg_lr"],
+                        "dir": str(c.relative_to(out))})
+    write_jsonl(out / "warmup_ids.jsonl", [{"id": i} for i in enc.ids])
+    write_json_atomic(out / "warmup.json", {"n_examples": len(enc), "n_tokens": sum(map(len, enc.input_ids)),
+                                            "epochs": w.epochs, "dropped": dict(enc.dropped),
+                                            "checkpoints": entries, "train_loss": metrics["train_loss"]})
+
+
+def build_init_adapter(ctx: Context, inputs: Inputs, out: Path) -> None:
+    """The no-warmup ablation: a freshly initialised LoRA (B = 0, so only B has gradients) saved as
+    the single checkpoint 0 with weight 1; there is no optimizer state, so features are SGD."""
+    import torch
+    from peft import get_peft_model
+
+    base = load_model(ctx.selector, source(ctx, inputs, "selector"), torch.device("cpu"))
+    get_peft_model(base, lora_config(ctx.cfg.warmup.lora)).save_pretrained(out / "checkpoint-0")
+    write_json_atomic(out / "warmup.json", {"n_examples": 0, "checkpoints": [
+        {"epoch": 0, "step": 0, "avg_lr": 1.0, "dir": "checkpoint-0"}]})
+
+
+def _report(ctx: Context, art) -> dict[str, Any]:
+    w = json.loads((art.dir / "warmup.json").read_text())
+    return {"warmup": {"n_examples": w["n_examples"], "train_loss": w["train_loss"],
+                       "checkpoints": [{"epoch": c["epoch"], "avg_lr": c["avg_lr"]} for c in w["checkpoints"]]}}
+
+
+WARMUP = Stage(
+    "warmup", step="warmup", build=build_warmup, report=_report,
+    inputs=lambda ctx: {"pool": "pool", "selector": "selector"},
+    config=lambda ctx: {"selector": model_spec(ctx.selector), "chat_format": ctx.cfg.chat_format,
+                        "warmup": to_plain(ctx.cfg.warmup), "seed": ctx.cfg.seed},
+    applies=lambda ctx: needs_gradients(ctx) and ctx.cfg.datastore.use_warmup and not ctx.cfg.datastore.warmup_dir)
+
+INIT_ADAPTER = Stage(
+    "init_adapter", step="datastore", build=build_init_adapter,
+    inputs=lambda ctx: {"selector": "selector"},
+    config=lambda ctx: {"selector": model_spec(ctx.selector), "lora": to_plain(ctx.cfg.warmup.lora),
+                        "seed": ctx.cfg.seed},
+    applies=lambda ctx: needs_gradients(ctx) and not ctx.cfg.datastore.use_warmup and not ctx.cfg.datastore.warmup_dir)
