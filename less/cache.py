@@ -2,9 +2,11 @@
 
 Every artifact lives at ``<root>/<kind>/<key>/`` where ``key`` is a hash of exactly the config it
 depends on plus the keys of its inputs; that config is written beside it as ``key.json``. A builder
-writes into a private temporary directory which is renamed into place only when it finished, so a
-crashed build never leaves something that looks complete. A per-key file lock makes two jobs that
-need the same missing artifact build it once; the second waits and then reuses it.
+writes into a temporary directory ``.tmp-<key>`` (named by the key alone, so nothing built inside
+depends on which process built it) which is renamed into place only when it finished, so a
+crashed build never leaves something that looks complete; the next build of that key removes it.
+A per-key file lock makes two jobs that need the same missing artifact build it once; the second
+waits and then reuses it.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-
-from less.errors import CacheMiss
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +89,6 @@ class Cache:
         d = self.path(kind, key)
         return Artifact(kind, key, d, d.is_dir())
 
-    def require(self, kind: str, spec: dict[str, Any], hint: str) -> Artifact:
-        art = self.lookup(kind, spec)
-        if not art.cached:
-            raise CacheMiss(f"{kind} artifact {art.key} is not in the cache ({art.dir}); {hint}")
-        return art
-
     def get_or_build(
         self, kind: str, spec: dict[str, Any], build: Callable[[Path], None]
     ) -> Artifact:
@@ -108,7 +102,12 @@ class Cache:
             if final.is_dir():  # another job built it while we waited
                 log.info("cache hit: %s/%s (built by another job)", kind, key)
                 return Artifact(kind, key, final, True)
-            tmp = self.root / kind / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            # Named by the key alone (we hold its lock), so nothing built inside can depend on which
+            # process built it; one left by a killed build of this key is removed first.
+            tmp = self.root / kind / f".tmp-{key}"
+            if tmp.exists():
+                log.warning("removing %s, left by an interrupted build", tmp)
+                shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
             try:
                 write_json_atomic(tmp / KEY_FILE, {"kind": kind, "key": key, "spec": to_plain(spec)})

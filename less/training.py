@@ -23,6 +23,7 @@ from less.checkpoints import CHECKPOINT_META
 from less.data.formats import IGNORE_INDEX, Encoded
 from less.errors import ConfigError
 from less.gradients.per_example import per_example_loss
+from less.models import stable_adapter_config
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class EpochLearningRates(TrainerCallback):
 
     def on_save(self, args, state, control, model=None, optimizer=None, **kw):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if (ckpt / "adapter_config.json").is_file():
+            stable_adapter_config(ckpt)
         names = {id(p): n for n, p in model.named_parameters()}
         order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
         write_json_atomic(ckpt / CHECKPOINT_META, {
@@ -130,5 +133,9 @@ def fit(model, tokenizer, enc: Encoded, cfg: DictConfig, out_dir: Path, seed: in
     trainer = TRAINERS[cfg.loss](model=model, args=args, train_dataset=EncodedDataset(enc),
                       data_collator=collator(tokenizer), callbacks=[lrs])
     result = trainer.train()
+    # A pickle of TrainingArguments naming the temporary build directory: its bytes would depend on
+    # where the artifact was built, and loading it needs weights_only=False. key.json has the config.
+    for f in Path(out_dir).rglob("training_args.bin"):
+        f.unlink()
     return {"train_loss": result.training_loss, "steps": result.global_step,
             "epoch_lrs": lrs.epoch_lrs}

@@ -44,6 +44,16 @@ def test_crashed_build_leaves_nothing(tmp_path):
     assert [p.name for p in (tmp_path / "thing").iterdir() if not p.name.endswith(".lock")] == []
 
 
+def test_a_killed_builds_leftover_is_replaced_by_the_next_build(tmp_path):
+    cache = Cache(tmp_path)
+    key = cache.lookup("thing", {"v": 1}).key
+    stale = tmp_path / "thing" / f".tmp-{key}"
+    stale.mkdir(parents=True)
+    (stale / "half.txt").write_text("from a killed build")
+    art = cache.get_or_build("thing", {"v": 1}, lambda d: (d / "x.txt").write_text("ok"))
+    assert sorted(p.name for p in art.dir.iterdir()) == ["key.json", "x.txt"] and not stale.exists()
+
+
 def _slow_build(root: str, log: str) -> None:
     def build(d: Path):
         with open(log, "a") as fh:

@@ -103,3 +103,13 @@ def test_plan_applies_the_same_rules_as_a_run(default_run, shared_cache, tmp_pat
     assert set(ran["stages"]) == {"prepare", "select"} and not ran["stages"]["select"]["cached"]
     after = plan("selection=bm25", "selection.fraction=0.2", "stages=[prepare,warmup,datastore,select]")
     assert after["stages"] == {"prepare": "cached", "select": "cached"}
+
+
+def test_analysis_and_results_import_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, analysis.__main__, analysis.plots, less.results; "
+            "assert not {'torch', 'transformers'} & set(sys.modules), sorted({'torch', 'transformers'} & set(sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=CONF.parent, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
