@@ -131,7 +131,8 @@ class Runner:
         None when it is incomplete: a shard job that left pieces to others."""
         if name in self.got:
             return self.got[name]
-        s, art, t0 = self.graph[name], self.lookup(name), time.time()
+        s, art = self.graph[name], self.lookup(name)
+        seconds = 0.0
         if not art.cached:
             if not self.wanted(name):
                 raise CacheMiss(f"{s.cache_kind} artifact {art.key} is not in the cache ({art.dir}); "
@@ -139,28 +140,35 @@ class Runner:
             if s.step is not None:
                 self._step.append(s.step)
             try:
-                art = self._make(name)
+                inputs = self._inputs(name)
+                t0 = time.time()  # this stage's own time; its inputs recorded theirs
+                art = None if inputs is None else self._make(name, inputs)
+                seconds = time.time() - t0
             finally:
                 if s.step is not None:
                     self._step.pop()
         self.got[name] = art
-        self._record(name, art, time.time() - t0)
+        self._record(name, art, seconds)
         return art
 
-    def _make(self, name: str) -> Artifact | None:
-        s = self.graph[name]
-        inputs = {}
+    def _inputs(self, name: str) -> dict[str, Artifact] | None:
+        """{role: artifact} of stage ``name``'s inputs, got first; None if one of the same step is
+        incomplete (the datastore of a shard job), an error if one of an earlier step is."""
+        s, inputs = self.graph[name], {}
         for role, dep in self.inputs(name).items():
             a = self.get(dep)
             if a is None:
                 info = self.incomplete[dep]
-                if self.graph[dep].step == s.step:  # e.g. the datastore of a shard job
+                if self.graph[dep].step == s.step:
                     self.incomplete[name] = info
                     return None
                 raise CacheMiss(f"{info['stage']} is incomplete ({info['reason']}); "
                                 f"run the other shards, then stages=[{s.step}]")
             inputs[role] = a
-        key = self.key(name)
+        return inputs
+
+    def _make(self, name: str, inputs: dict[str, Artifact]) -> Artifact | None:
+        s, key = self.graph[name], self.key(name)
         if s.build is not None:
             def build(out: Path) -> None:
                 seed_everything(key)
@@ -193,14 +201,15 @@ class Runner:
         if step not in self.cfg.stages:  # an input taken from the cache: listed under artifacts only
             return
         rec = self.results["stages"].setdefault(step, {"seconds": 0.0, "cached": True})
-        if s.step is None:  # a step-less input (the tiny model) built for this step: its time only
-            rec["seconds"] = round(rec["seconds"] + seconds, 3)
-            return
         rec["seconds"] = round(rec["seconds"] + seconds, 3)
+        if s.step is None:  # a step-less input (the tiny model) built for this step: its time only
+            return
         rec["cached"] = rec["cached"] and art is not None and art.cached
-        rec.update(dir=str(ref.dir), key=ref.key)  # the step's last stage (graph order) names it
-        if art is None:
+        if art is None:  # nothing to point at until the other shards are done
+            rec.pop("dir", None), rec.pop("key", None)
             rec.update(complete=False, **{k: v for k, v in self.incomplete[name].items() if k not in ("reason", "stage")})
+        elif rec.get("complete") is not False:
+            rec.update(dir=str(art.dir), key=art.key)  # the step's last stage (graph order) names it
 
     def run(self) -> dict[str, Any]:
         self.out_dir.mkdir(parents=True, exist_ok=True)
