@@ -38,9 +38,9 @@ def main() -> None:
     a = p.parse_args()
     res = json.loads(Path(a.results).read_text())
     d = Path(res["selection"]["datastore"])
-    select_dir = Path(res["selection"]["ranking"]).parent
-    prepare_key = json.loads((select_dir / "key.json").read_text())["spec"]["prepare"]
-    target_file = select_dir.parent.parent / "prepare" / prepare_key / "target.jsonl"
+    select_dir = Path(res["selection"]["ranking"]).parent  # <cache>/select/<key>; key.json names its inputs
+    target_key = json.loads((select_dir / "key.json").read_text())["spec"]["inputs"]["target"]
+    target_file = select_dir.parents[1] / "target" / target_key / "target.jsonl"
     subtask_of = {str(r["id"]): r["subtask"] for r in map(json.loads, open(target_file))}
     man = json.loads((d / "manifest.json").read_text())
     dim = a.dim or max(f["dim"] for f in man["files"])

@@ -5,7 +5,9 @@ A :class:`Stage` is one cached artifact: its cache kind, the step of ``cfg.stage
 stages, by role), the slice of config its key depends on, when it applies, how it is built and
 what it reports. A stage never computes keys, checks the cache or seeds random generators: the
 runner folds the inputs' keys into the key, builds the inputs first, and seeds python, numpy and
-torch from the key before every build, so an artifact's bytes depend only on its key.
+torch before every build from the artifact kind and the run seed (when the stage's config holds
+it as ``seed``: a stage whose build draws random numbers must), so an artifact's bytes depend only
+on its key.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ applies. Getting a stage: its key is ``hash(kind, {"config": stage.config(ctx), 
 input key}})``; a cached artifact is used as it is (its inputs are not needed); otherwise, if its
 step is to run (or it has no step, like the tiny model), its inputs are got first and it is built
 into a temporary directory renamed into place (less.cache), after seeding python, numpy and torch
-from its key. A stage whose step is not to run and whose artifact is missing stops the run with one
+from its kind and the run seed in its config (``seed_everything``). A stage whose step is not to run and whose artifact is missing stops the run with one
 line naming the step to add. The plan is the same walk asking only "cached?".
 
 Every run writes ``results.json`` (each stage's report merged, per-step times, accounting) to the
@@ -62,16 +62,35 @@ def run_name(cfg: DictConfig, out_dir: Path) -> str:
     return f"{cfg.name}:{overrides or out_dir.name}"
 
 
-def seed_everything(key: str) -> int:
-    """Seed python, numpy and torch (every device) from an artifact key. The key holds the run seed
-    wherever the artifact depends on it, so the same key always starts from the same state."""
+def seed_everything(kind: str, seed: int | None) -> int:
+    """Seed python, numpy and torch (every device) for a build of ``kind``: from the run seed when
+    the stage's config holds it (``seed``), else from the kind alone. Both are part of the key, so
+    an artifact's bytes depend only on its key; and an ablation (say ``warmup.epochs``) starts its
+    warmup from the same LoRA initialisation as the baseline, as in the reference code."""
+    import hashlib
+
     import torch
 
-    seed = int(key, 16) % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return seed
+    s = int.from_bytes(hashlib.sha256(f"{kind}:{seed}".encode()).digest()[:4], "little")
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+    return s
+
+
+def remove_stale_work(root: Path, key: str) -> None:
+    """Remove per-process work directories of ``key`` whose process is gone (killed jobs)."""
+    for d in root.glob(f".work-{key}-*"):
+        pid = d.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            log.warning("removing %s, left by a job that is gone", d)
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 class Runner:
@@ -123,7 +142,11 @@ class Runner:
         return step is None or step in self.cfg.stages
 
     def stages_of(self, step: str) -> list[str]:
-        return [n for n, s in self.graph.items() if s.step == step and self.applies(n)]
+        """What a step makes: its applying stages that no other stage of the step takes as input
+        (the rest are got as inputs, only when these are not cached)."""
+        mine = [n for n, s in self.graph.items() if s.step == step and self.applies(n)]
+        used = {d for n in mine for d in self.inputs(n).values()}
+        return [n for n in mine if n not in used]
 
     # -- the walk -----------------------------------------------------------------------------------
     def get(self, name: str) -> Artifact | None:
@@ -154,30 +177,33 @@ class Runner:
     def _inputs(self, name: str) -> dict[str, Artifact] | None:
         """{role: artifact} of stage ``name``'s inputs, got first; None if one of the same step is
         incomplete (the datastore of a shard job), an error if one of an earlier step is."""
-        s, inputs = self.graph[name], {}
-        for role, dep in self.inputs(name).items():
-            a = self.get(dep)
+        s = self.graph[name]
+        deps = self.inputs(name)
+        inputs = {role: self.get(dep) for role, dep in deps.items()}  # every input, even after an incomplete one
+        for role, a in inputs.items():
             if a is None:
-                info = self.incomplete[dep]
-                if self.graph[dep].step == s.step:
+                info = self.incomplete[deps[role]]
+                if self.graph[deps[role]].step == s.step:
                     self.incomplete[name] = info
                     return None
                 raise CacheMiss(f"{info['stage']} is incomplete ({info['reason']}); "
                                 f"run the other shards, then stages=[{s.step}]")
-            inputs[role] = a
         return inputs
 
     def _make(self, name: str, inputs: dict[str, Artifact]) -> Artifact | None:
         s, key = self.graph[name], self.key(name)
+        seed = self.spec(name)["config"].get("seed")
         if s.build is not None:
             def build(out: Path) -> None:
-                seed_everything(key)
+                seed_everything(s.cache_kind, seed)
                 s.build(self.ctx, inputs, out)
             return self.cache.get_or_build(s.cache_kind, self.spec(name), build)
         # resumable work outside any lock, then assembly under the artifact's lock
         root = self.cache.root / s.cache_kind
         work_dir = root / (f".work-{key}" if s.shared_work else f".work-{key}-{os.getpid()}")
-        seed_everything(key)
+        if not s.shared_work:
+            remove_stale_work(root, key)
+        seed_everything(s.cache_kind, seed)
         work = s.work(self.ctx, inputs, work_dir)
         if not work.complete and not self.lookup(name).cached:
             self.incomplete[name] = {"stage": name, **work.info}
@@ -185,7 +211,7 @@ class Runner:
             return None
 
         def assemble(out: Path) -> None:
-            seed_everything(key)
+            seed_everything(s.cache_kind, seed)
             work.assemble(out)
         art = self.cache.get_or_build(s.cache_kind, self.spec(name), assemble)
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -270,8 +296,11 @@ class Runner:
             counts = read(self.get("token_counts").dir / "tokens.json")["by_id"]
             if "select" in got:
                 selected = [json.loads(x)["id"] for x in open(got["select"].dir / "selected.jsonl")]
-        features = [read(got[n].dir / "features.json") for n in ("pool_features", "target_features")
-                    if n in got and "datastore" in got]
+        features = []
+        if "datastore" in got:
+            from less.stages.datastore import features_meta
+
+            features = list(features_meta(got["datastore"].dir).values())
         acc = accounting({n: s["seconds"] for n, s in self.results["stages"].items()}, counts, selected,
                          read(got["warmup"].dir / "warmup.json") if "warmup" in got else {}, features,
                          read(got["train"].dir / "train.json") if "train" in got else {}, self._params())
@@ -287,24 +316,28 @@ class Runner:
         print(summary(r, self.out_dir / "results.json"))
 
     # -- the dry run --------------------------------------------------------------------------------
-    def status(self, name: str) -> str:
-        """"cached", "to run", or "missing" (not cached and its step is not in ``stages``)."""
-        if self.lookup(name).cached:
-            return "cached"
-        if not self.wanted(name):
-            return "missing"
-        return "missing" if any(self.status(d) == "missing" for d in self.inputs(name).values()) else "to run"
+    def status(self, name: str, seen: dict[str, str]) -> str:
+        """"cached", "to run", or "missing": not cached and its step is not in ``stages``, or an
+        input it needs is missing (the run would stop there). Every stage visited lands in ``seen``."""
+        if name not in seen:
+            if self.lookup(name).cached:
+                seen[name] = "cached"
+            elif not self.wanted(name):
+                seen[name] = "missing"
+            else:
+                inputs = [self.status(d, seen) for d in self.inputs(name).values()]
+                seen[name] = "missing" if "missing" in inputs else "to run"
+        return seen[name]
 
     def plan(self) -> dict[str, Any]:
         """Which stages of this job are cached, which would run, and their estimated cost."""
         c = self.cfg
-        steps, artifacts = {}, {}
+        steps: dict[str, str] = {}
+        artifacts: dict[str, str] = {}
         for step in STEPS:
             names = self.stages_of(step) if step in c.stages else []
-            for n in names:
-                artifacts[n] = self.status(n)
             if names:
-                st = {artifacts[n] for n in names}
+                st = {self.status(n, artifacts) for n in names}
                 steps[step] = "missing" if "missing" in st else ("to run" if "to run" in st else "cached")
         pool = self.lookup("pool")
         pool_tokens = None

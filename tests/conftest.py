@@ -72,7 +72,8 @@ def shared_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def default_run(shared_cache, tmp_path_factory) -> tuple[Path, dict[str, Any]]:
-    """The embedded default, every stage, built in this process from an empty cache."""
+    """The embedded default, every stage, built in this process against the session cache (where
+    other tests may have built some of its artifacts already, e.g. the tiny model)."""
     out = tmp_path_factory.mktemp("default")
     return out, run_pipeline([], shared_cache, out)
 

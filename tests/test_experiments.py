@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import CONF, compose, ok, run_cli, run_pipeline
+from tests.conftest import CONF, compose, linked_cache, ok, run_cli, run_pipeline
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if not p.stem.startswith("_"))
 
@@ -78,7 +78,7 @@ def test_tiny_twin_sweep_and_its_analysis(default_run, shared_cache, tmp_path):
 
 
 def test_plan_reports_cache_hits_of_a_half_finished_sweep(default_run, shared_cache, tmp_path):
-    proc = ok(run_cli(["logger=none", "selection.fraction=0.05,0.1", "plan=true"], shared_cache, tmp_path / "plan",
+    proc = ok(run_cli(["logger=none", "selection.fraction=0.05,0.12", "plan=true"], shared_cache, tmp_path / "plan",
                       multirun=True))
     plans = [json.loads((tmp_path / "plan" / str(j) / "plan.json").read_text()) for j in (0, 1)]
     assert plans[0]["stages"] == {"prepare": "cached", "warmup": "cached", "datastore": "cached", "select": "cached",
@@ -103,6 +103,20 @@ def test_plan_applies_the_same_rules_as_a_run(default_run, shared_cache, tmp_pat
     assert set(ran["stages"]) == {"prepare", "select"} and not ran["stages"]["select"]["cached"]
     after = plan("selection=bm25", "selection.fraction=0.2", "stages=[prepare,warmup,datastore,select]")
     assert after["stages"] == {"prepare": "cached", "select": "cached"}
+
+
+def test_a_cached_step_does_not_rebuild_its_inputs(shared_cache, tmp_path):
+    """rds: the representations are an input of select; once select is cached they are not needed."""
+    import shutil
+
+    cache = linked_cache(shared_cache, tmp_path / "cache", kinds=("model", "pool", "target"))
+    first = run_pipeline(["selection=rds", "stages=[prepare,select]"], cache, tmp_path / "a")
+    assert not first["artifacts"]["representations"]["cached"]
+    shutil.rmtree(first["artifacts"]["representations"]["dir"])
+    again = run_pipeline(["selection=rds", "stages=[prepare,select]"], cache, tmp_path / "b")
+    assert again["stages"]["select"]["cached"] and "representations" not in again["artifacts"]
+    plan = run_pipeline(["selection=rds", "stages=[prepare,select]", "plan=true"], cache, tmp_path / "c")
+    assert plan["stages"] == {"prepare": "cached", "select": "cached"}
 
 
 def test_analysis_and_results_import_no_torch():

@@ -45,7 +45,8 @@ def test_default_run_results(default_run):
     assert res["data"]["target"]["by_subtask"] == {"addition": 4, "multiplication": 4, "subtraction": 4}
     for name in ("prepare", "warmup", "datastore", "select", "train", "eval"):
         st = res["stages"][name]
-        assert st["seconds"] >= 0 and st["cached"] is False and Path(st["dir"]).is_dir()
+        assert st["seconds"] >= 0 and isinstance(st["cached"], bool) and Path(st["dir"]).is_dir()
+        assert st["key"] == res["artifacts"][{"prepare": "pool"}.get(name, name)]["key"]
     for name, a in res["artifacts"].items():  # every artifact of the run, with its key
         assert Path(a["dir"]).name == a["key"] and (Path(a["dir"]) / "key.json").is_file(), name
     sel = res["selection"]

@@ -1,12 +1,13 @@
 """The pipeline's stages, one module each; GRAPH lists them in pipeline order (the runner walks it).
 
-    prepare:   pool, target                      (+ the tiny selector / model when kind=tiny)
+    prepare:   target, pool
     warmup:    warmup                            (LoRA on a slice of the pool, one checkpoint per epoch)
     datastore: init_adapter (no-warmup ablation), pool_features, target_features, datastore
     select:    representations (rds, kcenter), select
     train:     train
     eval:      eval
-    (always):  token_counts (accounting)
+    no step:   selector, model (tiny models: built by whichever stage first needs them),
+               token_counts (the run's accounting, whenever the run has the pool)
 """
 
 from less.stages.datastore import DATASTORE

@@ -4,12 +4,16 @@ split, gradient type, dim and learning-rate weight. The arrays stay in the featu
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from less.cache import write_json_atomic
 from less.graph import Context, Inputs, Stage
 from less.stages.warmup import needs_gradients
+
+log = logging.getLogger(__name__)
 
 
 def build(ctx: Context, inputs: Inputs, out: Path) -> None:
@@ -37,6 +41,26 @@ def build(ctx: Context, inputs: Inputs, out: Path) -> None:
         "pool": rel(inputs["pool"].dir), "target": rel(inputs["target"].dir), "files": files})
 
 
+def features_meta(datastore_dir: Path) -> dict[str, dict[str, Any]]:
+    """{split: features.json} of the datastore's pool and target features."""
+    man = json.loads((datastore_dir / "manifest.json").read_text())
+    return {split: json.loads((datastore_dir / man[split] / "features.json").read_text())
+            for split in ("pool", "target")}
+
+
+def report(ctx: Context, art) -> dict[str, Any]:
+    metas = features_meta(art.dir)
+    for split, m in metas.items():
+        if m["dropped"]:
+            log.warning("%s: %d examples dropped %s", split, len(m["dropped_ids"]), m["dropped"])
+    return {"data": {split: {"dropped": m["dropped"], "truncated": m.get("truncated", 0)} for split, m in metas.items()}}
+
+
+def track(ctx: Context, art, reported: dict[str, Any], tracker) -> None:
+    for split, rec in reported["data"].items():
+        tracker.summary({f"data/{split}/dropped/{k}": v for k, v in rec["dropped"].items()})
+
+
 DATASTORE = Stage(
     "datastore", step="datastore", build=build, applies=needs_gradients, config=lambda ctx: {},
-    inputs=lambda ctx: {"pool": "pool_features", "target": "target_features"})
+    inputs=lambda ctx: {"pool": "pool_features", "target": "target_features"}, report=report, track=track)

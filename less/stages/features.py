@@ -203,20 +203,10 @@ def _config(split: str):
     return config
 
 
-def _report(ctx: Context, art) -> dict[str, Any]:
-    meta = json.loads((art.dir / "features.json").read_text())
-    return {"data": {meta["split"]: {"dropped": meta["dropped"], "truncated": meta.get("truncated", 0)}}}
-
-
-def _track(ctx: Context, art, reported: dict[str, Any], tracker) -> None:
-    for split, rec in reported["data"].items():
-        tracker.summary({f"data/{split}/dropped/{k}": v for k, v in rec["dropped"].items()})
-
-
 def _features(split: str) -> Stage:
     return Stage(
         f"{split}_features", kind="features", step="datastore", work=_work(split), config=_config(split),
-        shared_work=split == "pool", report=_report, track=_track, applies=needs_gradients,
+        shared_work=split == "pool", applies=needs_gradients,
         inputs=lambda ctx: {"examples": split, "selector": "selector",
                             "checkpoints": "warmup" if ctx.cfg.datastore.use_warmup else "init_adapter"})
 
