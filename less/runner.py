@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -78,9 +79,16 @@ def seed_everything(kind: str, seed: int | None) -> int:
     return s
 
 
+def process_tag() -> str:
+    """``<host>-<pid>``: names per-process work directories (on a shared filesystem too)."""
+    return f"{socket.gethostname().replace('-', '_')}-{os.getpid()}"
+
+
 def remove_stale_work(root: Path, key: str) -> None:
-    """Remove per-process work directories of ``key`` whose process is gone (killed jobs)."""
-    for d in root.glob(f".work-{key}-*"):
+    """Remove this host's per-process work directories of ``key`` whose process is gone (killed
+    jobs); other hosts' are left alone (their processes cannot be checked from here)."""
+    host = socket.gethostname().replace("-", "_")
+    for d in root.glob(f".work-{key}-{host}-*"):
         pid = d.name.rsplit("-", 1)[-1]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
@@ -200,7 +208,7 @@ class Runner:
             return self.cache.get_or_build(s.cache_kind, self.spec(name), build)
         # resumable work outside any lock, then assembly under the artifact's lock
         root = self.cache.root / s.cache_kind
-        work_dir = root / (f".work-{key}" if s.shared_work else f".work-{key}-{os.getpid()}")
+        work_dir = root / (f".work-{key}" if s.shared_work else f".work-{key}-{process_tag()}")
         if not s.shared_work:
             remove_stale_work(root, key)
         seed_everything(s.cache_kind, seed)

@@ -126,3 +126,20 @@ def test_speed_settings_and_the_target_stay_out_of_keys(tmp_path):
     assert r1["select"] == r2["select"] and r1["train"] == r2["train"] and r1["target"] != r2["target"]
     l2 = stage_keys(["target.n_per_subtask=2"], tmp_path)
     assert l2["select"] != a["select"]
+
+
+def test_only_this_hosts_dead_jobs_work_dirs_are_removed(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from less.runner import process_tag, remove_stale_work
+
+    host = process_tag().rsplit("-", 1)[0]
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dirs = {name: tmp_path / f".work-k-{name}" for name in
+            (f"{host}-{gone.stdout.strip()}", process_tag(), f"otherhost-{gone.stdout.strip()}", f"{host}-{os.getppid()}")}
+    for d in dirs.values():
+        d.mkdir()
+    remove_stale_work(tmp_path, "k")
+    assert [n for n, d in dirs.items() if d.exists()] == list(dirs)[1:]  # the dead job's alone is gone
