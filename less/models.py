@@ -154,31 +154,15 @@ def load_model(model_cfg: DictConfig, source: str, device: "torch.device"):
     return model.to(device)
 
 
-# PEFT keeps these as sets and writes them in set order, which follows Python's per-process string
-# hashing: sorted here so that an adapter's files are the same bytes in every process.
-SET_VALUED = ("target_modules", "exclude_modules")
-
-
-def stable_adapter_config(adapter_dir: Path) -> None:
-    """Rewrite ``adapter_config.json`` with its set-valued fields sorted (PEFT's own format)."""
-    import json
-
-    path = Path(adapter_dir) / "adapter_config.json"
-    cfg = json.loads(path.read_text())
-    for k in SET_VALUED:
-        if isinstance(cfg.get(k), list):
-            cfg[k] = sorted(cfg[k])
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-    tmp.replace(path)
-
-
 def lora_config(lora_cfg: DictConfig):
     from peft import LoraConfig, TaskType
 
-    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_cfg.r, lora_alpha=lora_cfg.alpha,
-                      lora_dropout=lora_cfg.dropout, target_modules=list(lora_cfg.target_modules),
-                      bias="none")
+    cfg = LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_cfg.r, lora_alpha=lora_cfg.alpha,
+                     lora_dropout=lora_cfg.dropout, target_modules=list(lora_cfg.target_modules), bias="none")
+    # PEFT turns the list into a set and saves it in set order, which follows Python's per-process
+    # string hashing; a sorted list matches the same modules and saves the same bytes everywhere.
+    cfg.target_modules = sorted(cfg.target_modules)
+    return cfg
 
 
 @lru_cache(maxsize=16)

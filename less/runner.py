@@ -1,12 +1,14 @@
 """Walks the stage graph (``less.stages.GRAPH``) for a run, or for ``plan=true`` without building.
 
-For each step in ``cfg.stages`` (pipeline order) the runner gets every stage of that step that
-applies. Getting a stage: its key is ``hash(kind, {"config": stage.config(ctx), "inputs": {role:
-input key}})``; a cached artifact is used as it is (its inputs are not needed); otherwise, if its
-step is to run (or it has no step, like the tiny model), its inputs are got first and it is built
-into a temporary directory renamed into place (less.cache), after seeding python, numpy and torch
-from its kind and the run seed in its config (``seed_everything``). A stage whose step is not to run and whose artifact is missing stops the run with one
-line naming the step to add. The plan is the same walk asking only "cached?".
+For each step in ``cfg.stages`` (pipeline order) the runner gets what that step makes: its
+applying stages that no other stage of the step takes as input. Getting a stage: its key is
+``hash(kind, {"config": stage.config(ctx), "inputs": {role: input key}})``; a cached artifact is
+used as it is (its inputs are not needed); otherwise, if its step is to run (or it has no step,
+like the tiny model), its inputs are got first and it is built into a temporary directory renamed
+into place (less.cache), after seeding python, numpy and torch from its kind and the run seed in
+its config (``seed_everything``). A stage whose step is not to run and whose artifact is missing
+stops the run with one line naming the step to add. The plan is the same walk asking only
+"cached?".
 
 Every run writes ``results.json`` (each stage's report merged, per-step times, accounting) to the
 output directory and prints a short summary (less.results).
@@ -29,7 +31,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from less.cache import Artifact, Cache, cache_key, to_plain, write_json_atomic
+from less.cache import Artifact, Cache, to_plain, write_json_atomic
 from less.errors import CacheMiss, LessError
 from less.graph import STEPS, Context, Stage
 from less.results import accounting, estimate, flatten_metrics, merge, summary
@@ -87,7 +89,7 @@ def process_tag() -> str:
 def remove_stale_work(root: Path, key: str) -> None:
     """Remove this host's per-process work directories of ``key`` whose process is gone (killed
     jobs); other hosts' are left alone (their processes cannot be checked from here)."""
-    host = socket.gethostname().replace("-", "_")
+    host = process_tag().rsplit("-", 1)[0]
     for d in root.glob(f".work-{key}-{host}-*"):
         pid = d.name.rsplit("-", 1)[-1]
         if not pid.isdigit() or int(pid) == os.getpid():
@@ -112,7 +114,6 @@ class Runner:
         self.graph = {s.name: s for s in graph}
         self.ctx = Context(cfg, self.cache, self.out_dir, self.lookup)
         self._specs: dict[str, dict[str, Any]] = {}
-        self._keys: dict[str, str] = {}
         self.got: dict[str, Artifact | None] = {}
         self.incomplete: dict[str, dict[str, Any]] = {}
         self.results: dict[str, Any] = {"stages": {}, "artifacts": {}}
@@ -133,16 +134,12 @@ class Runner:
                                  "inputs": {role: self.key(dep) for role, dep in self.inputs(name).items()}}
         return self._specs[name]
 
-    def key(self, name: str) -> str:
-        if name not in self._keys:
-            self._keys[name] = cache_key(self.graph[name].cache_kind, self.spec(name))
-        return self._keys[name]
-
     def lookup(self, name: str) -> Artifact:
         """Where stage ``name``'s artifact is for this config (built or not)."""
-        kind, key = self.graph[name].cache_kind, self.key(name)
-        d = self.cache.path(kind, key)
-        return Artifact(kind, key, d, d.is_dir())
+        return self.cache.lookup(self.graph[name].cache_kind, self.spec(name))
+
+    def key(self, name: str) -> str:
+        return self.lookup(name).key
 
     def wanted(self, name: str) -> bool:
         """Whether this run may build stage ``name``."""

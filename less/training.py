@@ -8,7 +8,6 @@ so the Adam moments can be matched to parameters by name whatever the optimizer'
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -23,7 +22,6 @@ from less.checkpoints import CHECKPOINT_META
 from less.data.formats import IGNORE_INDEX, Encoded
 from less.errors import ConfigError
 from less.gradients.per_example import per_example_loss
-from less.models import stable_adapter_config
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +55,6 @@ class EpochLearningRates(TrainerCallback):
 
     def on_save(self, args, state, control, model=None, optimizer=None, **kw):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if (ckpt / "adapter_config.json").is_file():
-            stable_adapter_config(ckpt)
         names = {id(p): n for n, p in model.named_parameters()}
         order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
         write_json_atomic(ckpt / CHECKPOINT_META, {

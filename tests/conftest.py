@@ -50,6 +50,18 @@ def run_pipeline(overrides: list[str], cache: Path, out: Path) -> dict[str, Any]
     return Runner(cfg, out).run()
 
 
+def run_expecting_error(overrides: list[str], cache: Path, out: Path, capsys) -> str:
+    """The one ``error:`` line an in-process run prints before exiting with code 2."""
+    from less.runner import run
+
+    cfg = compose([f"cache_dir={cache}", "logger=none", *overrides], hydra=False)
+    with pytest.raises(SystemExit) as exc:
+        run(cfg, out)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert exc.value.code == 2 and len(err) == 1, err
+    return err[0]
+
+
 def run_cli(args: list[str], cache: Path, out: Path, timeout: int = 900, multirun: bool = False,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``python run.py`` in a subprocess with its outputs under ``out``."""

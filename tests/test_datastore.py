@@ -17,7 +17,7 @@ from less.gradients.features import FeatureExtractor, token_budget_batches
 from less.gradients.per_example import per_example_loss
 from less.gradients.projection import RademacherProjector, rademacher_rows
 from less.gradients.store import FeatureArray, quantize
-from tests.conftest import linked_cache, ok, run_cli, run_pipeline
+from tests.conftest import linked_cache, ok, run_cli, run_expecting_error, run_pipeline
 from tests.test_gradients import tiny_lora_model, variable_batch
 
 
@@ -269,8 +269,6 @@ def test_shards_under_joblib_equal_one_job_up_to_rounding(unsharded, shared_cach
 
 
 def test_one_shard_alone_cannot_be_selected_from(shared_cache, tmp_path, capsys):
-    from tests.test_pipeline_e2e import run_expecting_error
-
     cache = linked_cache(shared_cache, tmp_path / "cache")
     err = run_expecting_error([*SMALL, "datastore.shard=1", "datastore.num_shards=3",
                                "stages=[prepare,warmup,datastore,select]"], cache, tmp_path / "out", capsys)
@@ -281,8 +279,6 @@ def test_external_warmup_run_in_the_reference_layout(unsharded, shared_cache, tm
     """Checkpoints made elsewhere: adapter + name-keyed optimizer.bin (reference LESS / FSDP), no
     metadata of ours; learning rates from trainer_state.json. Features match our own warmup's."""
     import shutil
-
-    from tests.test_pipeline_e2e import run_expecting_error
 
     warm = Path(unsharded["stages"]["warmup"]["dir"]) / "trainer"
     ext = tmp_path / "external_run"

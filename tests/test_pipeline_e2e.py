@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import compose, ok, run_cli, run_pipeline
+from tests.conftest import ok, run_cli, run_expecting_error, run_pipeline
 from tests.wandb_records import read_records
 
 REQUIRED = ["data.pool.n", "data.pool.by_source", "data.target.name", "data.target.n",
@@ -23,18 +23,6 @@ def get(d, dotted):
     for part in dotted.split("."):
         d = d[part]
     return d
-
-
-def run_expecting_error(overrides: list[str], cache: Path, out: Path, capsys) -> str:
-    """The one ``error:`` line an in-process run prints before exiting with code 2."""
-    from less.runner import run
-
-    cfg = compose([f"cache_dir={cache}", "logger=none", *overrides], hydra=False)
-    with pytest.raises(SystemExit) as exc:
-        run(cfg, out)
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert exc.value.code == 2 and len(err) == 1, err
-    return err[0]
 
 
 def test_default_run_results(default_run):

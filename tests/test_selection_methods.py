@@ -14,7 +14,7 @@ from less.gradients.adam import adam_direction
 from less.gradients.features import finish
 from less.selection import embed, text
 from less.selection.scoring import checkpoint_weights, less_scores, top_k
-from tests.conftest import run_pipeline
+from tests.conftest import run_expecting_error, run_pipeline
 
 POOL = synthetic.make_pool(60, seed=0)
 TARGET = synthetic.make_target(4, seed=0)
@@ -124,8 +124,6 @@ def test_methods_through_the_pipeline(sweep):
 
 
 def test_no_warmup_ablation(shared_cache, tmp_path, capsys):
-    from tests.test_pipeline_e2e import run_expecting_error
-
     err = run_expecting_error(["datastore.use_warmup=false", "stages=[prepare,datastore]"], shared_cache,
                               tmp_path / "a", capsys)
     assert "set datastore.gradient_type=sgd" in err

@@ -11,7 +11,7 @@ from less.cache import to_plain, write_json_atomic
 from less.data.formats import encode_examples, read_examples
 from less.errors import DataError
 from less.graph import Context, Inputs, Stage
-from less.models import load_model, load_tokenizer, lora_config, model_spec, stable_adapter_config
+from less.models import load_model, load_tokenizer, lora_config, model_spec
 from less.stages.model import source
 
 
@@ -32,9 +32,7 @@ def build(ctx: Context, inputs: Inputs, out: Path) -> None:
         model = get_peft_model(model, lora_config(t.lora))
     metrics = fit(model, tok, enc, t, out / "trainer", cfg.seed, save_every_epoch=False, device=ctx.device)
     model.save_pretrained(out / ("adapter" if t.mode == "lora" else "model"))
-    if t.mode == "lora":
-        stable_adapter_config(out / "adapter")
-    else:
+    if t.mode == "full":
         tok.save_pretrained(out / "model")
     write_json_atomic(out / "train.json", {
         "mode": t.mode, "n_examples": len(enc), "n_tokens": sum(map(len, enc.input_ids)), "epochs": t.epochs,

@@ -16,7 +16,7 @@ from less.checkpoints import CHECKPOINT_META
 from less.data.formats import encode_examples, read_examples, write_jsonl
 from less.errors import DataError
 from less.graph import Context, Inputs, Stage
-from less.models import load_model, load_tokenizer, lora_config, model_spec, stable_adapter_config
+from less.models import load_model, load_tokenizer, lora_config, model_spec
 from less.stages.model import source
 
 
@@ -64,7 +64,6 @@ def build_init_adapter(ctx: Context, inputs: Inputs, out: Path) -> None:
 
     base = load_model(ctx.selector, source(ctx, inputs, "selector"), torch.device("cpu"))
     get_peft_model(base, lora_config(ctx.cfg.warmup.lora)).save_pretrained(out / "checkpoint-0")
-    stable_adapter_config(out / "checkpoint-0")
     write_json_atomic(out / "warmup.json", {"n_examples": 0, "checkpoints": [
         {"epoch": 0, "step": 0, "avg_lr": 1.0, "dir": "checkpoint-0"}]})
 
