@@ -20,7 +20,7 @@ CHAT = {"id": "c1", "messages": [
 
 def test_tulu_text_layout():
     assert tulu_text(CHAT) == ("<|system|>\nBe brief.\n<|user|>\nHi there\n<|assistant|>\nHello!</s>\n"
-                               "<|user|>\nAdd 2 and 3\n<|assistant|>\nThe answer is 5.</s>")
+                               "<|user|>\nAdd 2 and 3\n<|assistant|>\nThe answer is 5.</s>\n")
 
 
 def test_only_assistant_tokens_and_eos_carry_labels(tiny_tokenizer):
@@ -38,8 +38,8 @@ def test_only_assistant_tokens_and_eos_carry_labels(tiny_tokenizer):
             assert lab == i
             cur.append(i)
     spans.append(cur) if cur else None
-    assert [tok.decode(s) for s in spans] == ["Hello!</s>", "The answer is 5.</s>"]
-    assert spans[0][-1] == spans[1][-1] == tok.eos_token_id
+    assert [tok.decode(s) for s in spans] == ["Hello!</s>\n", "The answer is 5.</s>\n"]  # as LESS: EOS and newline
+    assert spans[0][-2] == spans[1][-2] == tok.eos_token_id
     masked = tok.decode([i for i, lab in zip(ids, labels) if lab == IGNORE_INDEX])
     assert "<|assistant|>" in masked and "Hi there" in masked and "Hello" not in masked
 
@@ -95,7 +95,8 @@ def test_encoding_equals_tokenizing_the_whole_text(tiny_tokenizer):
 
 def test_sentencepiece_style_tokenizer_masks_exactly():
     """A Metaspace tokenizer (like Llama's) prefixes every separate call with a space marker; the
-    whole-text encoding must not pick that up and must still label exactly the assistant text."""
+    masks from separately tokenized prefixes (as the reference) still label exactly the assistant
+    text (tests/test_reference_encoding.py checks a trained Llama-style tokenizer on real data)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, decoders
     from transformers import PreTrainedTokenizerFast
 
@@ -110,8 +111,8 @@ def test_sentencepiece_style_tokenizer_masks_exactly():
     ids, labels = encode_example(CHAT, tok, 512)
     assert ids == tok(tulu_text(CHAT))["input_ids"]
     labelled = [i for i, lab in zip(ids, labels) if lab != IGNORE_INDEX]
-    assert tok.decode(labelled).replace(" ", "") == "Hello!</s>Theansweris5.</s>".replace(" ", "")
-    assert labelled[-1] == tok.eos_token_id
+    assert tok.decode(labelled).replace(" ", "") == "Hello!</s>\nTheansweris5.</s>\n"
+    assert labelled.count(tok.eos_token_id) == 2
 
 
 def test_prompt_completion_eos_is_optional(tiny_tokenizer):

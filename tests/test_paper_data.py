@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from less.data import pools, sources, targets
-from less.data.formats import IGNORE_INDEX, encode_example, read_jsonl, tulu_text, validate_example
+from less.data.formats import IGNORE_INDEX, dval_text, encode_example, read_jsonl, validate_example
 from less.errors import DataError
 from tests.conftest import DATA, needs_data, run_pipeline
 
@@ -36,7 +36,7 @@ def test_dval_counts_and_grouping(name, n, subtasks, per):
 def test_mmlu_renders_the_papers_prompt_and_completion():
     ex = targets.mmlu(DATA)[0]
     assert ex["subtask"] == "abstract_algebra"
-    assert tulu_text(ex, eos="") == (
+    assert dval_text(ex) == (
         "<|user|>\nThe following are multiple choice questions (with answers) about  abstract algebra.\n\n"
         "Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.\nA. 0\nB. 1\nC. 2\nD. 3\nAnswer:\n"
         "<|assistant|>\nThe answer is: B")
@@ -46,7 +46,7 @@ def test_mmlu_renders_the_papers_prompt_and_completion():
 @needs_data
 def test_tydiqa_and_bbh_prompts():
     en = next(r for r in targets.tydiqa(DATA) if r["subtask"] == "english")
-    text = tulu_text(en, eos="")
+    text = dval_text(en)
     assert text.startswith("<|user|>\nAnswer the following question based on the information in the given "
                            "passage.Passage: ")
     assert "\nQuestion: " in text and text.endswith("\n<|assistant|>\nAnswer:" + en["messages"][-1]["content"])

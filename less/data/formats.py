@@ -3,8 +3,10 @@
 An example is a dict with a stable ``id`` and either ``messages`` (chat turns with ``role`` in
 user/assistant/system and ``content``) or ``prompt``/``completion`` (already-formatted prompt text,
 loss on the completion). The Tulu format is
-``<|system|>\\n..\\n<|user|>\\n..\\n<|assistant|>\\n..</s>\\n``; only assistant content and its EOS
-carry labels, everything else gets -100.
+``<|system|>\\n..\\n<|user|>\\n..\\n<|assistant|>\\n..</s>\\n``. Encoding follows LESS's reference
+code (``less/data_selection/get_training_dataset.py`` and ``get_validation_dataset.py``) token for
+token: an assistant turn's labels are its content, its EOS and the newline after it; D_val examples
+are labelled on their completion only, without EOS.
 """
 
 from __future__ import annotations
@@ -83,31 +85,47 @@ def read_examples(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def tulu_segments(example: dict[str, Any]) -> list[tuple[str, bool]]:
-    """Split an example into (text, has_labels) segments; the EOS follows every labelled segment."""
-    if "messages" not in example:
-        return [(example["prompt"], False), (example["completion"], True)]
-    segs: list[tuple[str, bool]] = []
-    prefix = ""
-    last = max(i for i, m in enumerate(example["messages"]) if m["role"] == "assistant") \
-        if any(m["role"] == "assistant" for m in example["messages"]) else -1
-    for i, m in enumerate(example["messages"]):
+def concat_messages(messages: list[dict[str, str]], eos: str = "</s>") -> str:
+    """The Tulu text of a conversation, as the reference's ``concat_messages``: every content
+    ``.strip()``ped, each assistant turn followed by EOS and a newline."""
+    out = ""
+    for m in messages:
         if m["role"] == "assistant":
-            # an unlabelled start of the final answer (e.g. D_val's "The answer is:")
-            lead = example.get("assistant_prefix", "") if i == last else ""
-            segs.append((prefix + "<|assistant|>\n" + lead, False))
-            segs.append((m["content"], True))
-            prefix = "\n"
+            out += "<|assistant|>\n" + m["content"].strip() + eos + "\n"
         else:
-            prefix += f"<|{m['role']}|>\n{m['content']}\n"
-    if prefix.strip():
-        segs.append((prefix, False))
-    return segs
+            out += f"<|{m['role']}|>\n" + m["content"].strip() + "\n"
+    return out
+
+
+def _separated(prompt: str, completion: str) -> str:
+    """The reference's prompt/completion join: a space when neither side has one at the seam."""
+    ws = (" ", "\n", "\t")
+    return prompt + completion if prompt.endswith(ws) or completion.startswith(ws) else prompt + " " + completion
 
 
 def tulu_text(example: dict[str, Any], eos: str = "</s>") -> str:
-    """The full Tulu text; prompt/completion examples get no EOS when ``eos`` is empty."""
-    return "".join(t + (eos if lab else "") for t, lab in tulu_segments(example))
+    """The training text of an example (pool, warmup, target training): a conversation's
+    ``concat_messages``; a prompt/completion pair joined as the reference does, then EOS."""
+    if "messages" in example:
+        return concat_messages(example["messages"], eos)
+    return _separated(example["prompt"], example["completion"]) + eos
+
+
+def dval_parts(example: dict[str, Any]) -> tuple[str, str]:
+    """(prompt, completion) of a D_val example, used as written (no strip, no EOS), as the
+    reference's ``get_validation_dataset``. A conversation's completion is its last assistant
+    turn; the prompt is the Tulu text of the turns before it (as in training), then
+    ``<|assistant|>\n`` and the example's ``assistant_prefix`` (e.g. ``The answer is:``)."""
+    if "messages" not in example:
+        return example["prompt"], example["completion"]
+    msgs = example["messages"]
+    last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    prompt = concat_messages(msgs[:last]) + "<|assistant|>\n" + example.get("assistant_prefix", "")
+    return prompt, msgs[last]["content"]
+
+
+def dval_text(example: dict[str, Any]) -> str:
+    return "".join(dval_parts(example))
 
 
 @dataclass
@@ -131,16 +149,6 @@ class Encoded:
 
 
 CHAT_FORMATS = ("tulu", "tokenizer")
-
-
-def _tulu_render(example: dict[str, Any], eos: str) -> tuple[str, list[tuple[int, int]]]:
-    text, spans = "", []
-    for seg, labelled in tulu_segments(example):
-        if labelled:
-            seg = seg + eos
-            spans.append((len(text), len(text) + len(seg)))
-        text += seg
-    return text, spans
 
 
 def _template_render(example: dict[str, Any], tokenizer, completion_eos: bool
@@ -167,38 +175,83 @@ def _template_render(example: dict[str, Any], tokenizer, completion_eos: bool
     return text, spans
 
 
+def _encode_template(example: dict[str, Any], tokenizer, completion_eos: bool) -> tuple[list[int], list[int]]:
+    """Whole-text tokenization with labels on the tokens that start inside an assistant span."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(f"{type(tokenizer).__name__} is not a fast tokenizer; offsets are needed for masking")
+    text, spans = _template_render(example, tokenizer, completion_eos)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)  # the template writes BOS
+    ids = enc["input_ids"]
+    labels = [IGNORE_INDEX] * len(ids)
+    for t, (start, end) in enumerate(enc["offset_mapping"]):
+        if end > start and any(a <= start < b for a, b in spans):
+            labels[t] = ids[t]
+    return ids, labels
+
+
 def truncate(ids: list[int], labels: list[int], max_length: int, side: str) -> tuple[list[int], list[int]]:
     if side == "left":
         return ids[-max_length:], labels[-max_length:]
     return ids[:max_length], labels[:max_length]
 
 
+def _lengths(tokenizer, texts: list[str]) -> list[int]:
+    return [len(x) for x in tokenizer(texts, add_special_tokens=True)["input_ids"]] if texts else []
+
+
+def _encode_messages(messages: list[dict[str, str]], tokenizer) -> tuple[list[int], list[int]]:
+    """The reference's ``encode_with_messages_format``: tokenize the whole text, label every token,
+    then unlabel each non-assistant message, from the token count of the text before it to the
+    token count of the text through it (and the ``<|assistant|>\n`` that follows), each prefix
+    tokenized on its own. An assistant turn keeps its content, EOS and the newline after it."""
+    eos = tokenizer.eos_token
+    ids = tokenizer(concat_messages(messages, eos), add_special_tokens=True)["input_ids"]
+    starts, ends = [], []
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            continue
+        starts.append(concat_messages(messages[:i], eos) if i else None)
+        nxt = i + 1 < len(messages) and messages[i + 1]["role"] == "assistant"
+        ends.append(concat_messages(messages[: i + 1], eos) + ("<|assistant|>\n" if nxt else ""))
+    lengths = iter(_lengths(tokenizer, [t for t in starts if t is not None] + ends))
+    start_at = [0 if t is None else next(lengths) for t in starts]
+    labels = list(ids)
+    for a, b in zip(start_at, lengths):
+        labels[a:b] = [IGNORE_INDEX] * len(labels[a:b])
+    return ids, labels
+
+
+def _encode_prompt_completion(prompt: str, text: str, tokenizer) -> tuple[list[int], list[int]]:
+    """Tokenize ``text`` whole and unlabel as many leading tokens as ``prompt`` tokenizes to."""
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    n_prompt = _lengths(tokenizer, [prompt])[0]
+    return ids, [IGNORE_INDEX] * min(n_prompt, len(ids)) + ids[n_prompt:]
+
+
 def encode_example(example: dict[str, Any], tokenizer, max_length: int | None,
                    completion_eos: bool = True, chat_format: str = "tulu",
                    truncation: str = "right") -> tuple[list[int], list[int]]:
-    """Tokenize the whole rendered text at once (as open-instruct does) and label the tokens that
-    start inside an assistant turn (and its EOS). Tokenizing segments separately would differ for
-    sentencepiece tokenizers, which prefix every separate call with a space marker.
+    """(input_ids, labels) of one example, token for token as LESS's reference code makes them.
 
-    ``completion_eos=False`` leaves the EOS off (LESS's D_val: loss on the completion only).
-    ``chat_format="tokenizer"`` renders ``messages`` with the tokenizer's chat template instead of
-    Tulu; prompt/completion examples are used as written in either format.
+    Training rule (``completion_eos=True``: pool, warmup, target training): a conversation as
+    ``encode_with_messages_format`` (see ``_encode_messages``); a prompt/completion pair as
+    ``encode_with_prompt_completion_format`` (joined by ``tulu_text``, EOS appended, the prompt's
+    token count unlabelled).
+    D_val rule (``completion_eos=False``): ``dval_parts`` joined, no EOS, the prompt's token count
+    unlabelled (the reference's ``get_validation_dataset``).
+    ``chat_format="tokenizer"`` renders conversations with the tokenizer's own chat template
+    instead (each assistant turn located by rendering the conversation up to it; not in LESS).
     ``truncation="left"`` keeps the last ``max_length`` tokens (the completion) instead of the first.
     """
-    if not getattr(tokenizer, "is_fast", False):
-        raise ConfigError(f"{type(tokenizer).__name__} is not a fast tokenizer; offsets are needed for masking")
     if chat_format == "tokenizer" and "messages" in example:
-        text, spans = _template_render(example, tokenizer, completion_eos)
-        special = False  # the template writes BOS itself
+        ids, labels = _encode_template(example, tokenizer, completion_eos)
+    elif not completion_eos:
+        prompt, completion = dval_parts(example)
+        ids, labels = _encode_prompt_completion(prompt, prompt + completion, tokenizer)
+    elif "messages" in example:
+        ids, labels = _encode_messages(example["messages"], tokenizer)
     else:
-        text, spans = _tulu_render(example, tokenizer.eos_token if completion_eos else "")
-        special = True
-    enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True, truncation=False)
-    ids = enc["input_ids"]
-    labels = [IGNORE_INDEX] * len(ids)
-    for t, (start, end) in enumerate(enc["offset_mapping"]):
-        if end > start and any(a <= start < b for a, b in spans):
-            labels[t] = ids[t]
+        ids, labels = _encode_prompt_completion(example["prompt"], tulu_text(example, tokenizer.eos_token), tokenizer)
     return (ids, labels) if max_length is None else truncate(ids, labels, max_length, truncation)
 
 
