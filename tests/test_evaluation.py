@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from less.evaluation.task_utils import bbh_extract, bbh_process_results, squad_f1, tydiqa_process_results
+from less.evaluation.task_utils import (bbh_exact_match, bbh_extract, bbh_process_results, squad_f1,
+                                         tydiqa_process_results)
 from tests.conftest import DATA, needs_data, run_pipeline
 
 
@@ -24,17 +25,41 @@ def test_squad_f1_by_hand():
 
 @pytest.mark.parametrize("text,answer", [
     ("Let's think. So the answer is (B).", "(B)"),
-    ("the answer is True. Then more.", "True"),
-    ("So The answer is 12/14/1937.", "12/14/1937"),
+    ("So the answer is  Yes .\n", "Yes"),  # the group is stripped
+    ("So the answer is (A). So the answer is (B).", "(A)"),  # the first match
+    ("So the answer is 3.5.", "3"),  # up to the first period
+    # case-sensitive "So the answer is": lower case "the answer is" falls back to the whole output
+    ("the answer is (B).", "the answer is (B)."),
+    ("So The answer is 12/14/1937.", "So The answer is 12/14/1937."),
+    ("Thus the answer is True. Then more.", "Thus the answer is True. Then more."),
+    # no period after the answer: the output up to its first blank line, stripped
+    ("  So the answer is (A)\n\nQ: next question", "So the answer is (A)"),
     ("no marker here  ", "no marker here"),
 ])
-def test_bbh_answer_parser(text, answer):
+def test_bbh_answer_parser_is_the_references(text, answer):
     assert bbh_extract(text) == answer
 
 
-def test_bbh_exact_match_ignores_case_and_punctuation():
+@pytest.mark.parametrize("prediction,target,score", [
+    ("(b)", "(B)", 1.0),           # case ignored
+    ("A", "(A)", 1.0),             # ASCII punctuation deleted, parentheses included
+    ("valid.", "valid", 1.0),
+    ("12/14/1937", "12141937", 1.0),
+    ("Yes ", "Yes", 0.0),          # whitespace is not stripped
+    ("])", "] )", 0.0),            # nor collapsed (dyck_languages targets are space separated)
+    ("Yes\u3002", "Yes", 0.0),     # only string.punctuation is deleted
+    ("True", "False", 0.0),
+])
+def test_bbh_exact_match_is_evaluates_ignore_case_and_punctuation(prediction, target, score):
+    assert bbh_exact_match(prediction, target) == score
+
+
+def test_bbh_score_of_an_output():
     assert bbh_process_results({"target": "(B)"}, ["... So the answer is (b)."])["exact_match"] == 1.0
     assert bbh_process_results({"target": "False"}, ["So the answer is True."])["exact_match"] == 0.0
+    # lower-case marker: the whole output is compared (and fails) where "[tT]he answer is" would score
+    assert bbh_process_results({"target": "(B)"}, ["Hence the answer is (B)."])["exact_match"] == 0.0
+    assert bbh_process_results({"target": "valid"}, ["valid\n\nQ: more"])["exact_match"] == 1.0
 
 
 @pytest.fixture(scope="module")
