@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from pathlib import Path
 
 import pytest
 
 from less.evaluation.task_utils import (bbh_exact_match, bbh_extract, bbh_process_results, squad_f1,
                                          tydiqa_process_results)
-from tests.conftest import DATA, needs_data, run_pipeline
+from tests.conftest import DATA, compose, needs_data, run_pipeline
 
 
 def test_squad_f1_by_hand():
@@ -60,6 +61,38 @@ def test_bbh_score_of_an_output():
     # lower-case marker: the whole output is compared (and fails) where "[tT]he answer is" would score
     assert bbh_process_results({"target": "(B)"}, ["Hence the answer is (B)."])["exact_match"] == 0.0
     assert bbh_process_results({"target": "valid"}, ["valid\n\nQ: more"])["exact_match"] == 1.0
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _build(root: Path, out: Path, overrides: list[str], tokenizer=None):
+    from less.evaluation.tasks import build_tasks
+
+    cfg = compose([f"data.root={root}", *overrides], hydra=False)
+    return build_tasks(cfg.eval, cfg.data, out, tokenizer)
+
+
+def test_bbh_sample_and_prompt_are_the_references(tmp_path):
+    """40 per task drawn by one RNG seeded 42 over the tasks in order; the prompt is the CoT file
+    minus its first two lines, stripped, then "\n\nQ: {input}\nA:"."""
+    root = tmp_path / "data"
+    (root / "bbh" / "bbh").mkdir(parents=True)
+    (root / "bbh" / "cot-prompts").mkdir(parents=True)
+    tasks = {}
+    for name in ("navigate", "date_understanding"):
+        tasks[name] = [{"input": f"{name} question {i}", "target": "Yes"} for i in range(50)]
+        (root / "bbh" / "bbh" / f"{name}.json").write_text(json.dumps({"examples": tasks[name]}))
+        (root / "bbh" / "cot-prompts" / f"{name}.txt").write_text(
+            f"CANARY line\n-----\n{name} description.\n\nQ: shot\nA: So the answer is Yes.\n\n")
+    _build(root, tmp_path / "tasks", ["eval.tasks=[bbh]", "eval.bbh.per_task=4"])
+    rng = random.Random(42)
+    for name in sorted(tasks):
+        rows = _read_jsonl(tmp_path / "tasks" / f"bbh_{name}.jsonl")
+        assert [r["input"] for r in rows] == [r["input"] for r in rng.sample(tasks[name], 4)]
+        assert rows[0]["prompt"] == (f"{name} description.\n\nQ: shot\nA: So the answer is Yes."
+                                     f"\n\nQ: {rows[0]['input']}\nA:")
 
 
 @pytest.fixture(scope="module")

@@ -167,19 +167,23 @@ def build_tydiqa(root: Path, out: Path, protocol: str, per_language: int, tokeni
     return built
 
 
-def build_bbh(root: Path, out: Path, protocol: str, per_task: int) -> Built:
+def build_bbh(root: Path, out: Path, protocol: str, per_task: int | None) -> Built:
     data_dir = find(root, ["bbh/bbh", "eval/bbh/bbh", "data/eval/bbh/bbh"], "BBH task files")
     prompts = find(root, ["bbh/cot-prompts", "eval/bbh/cot-prompts", "data/eval/bbh/cot-prompts"], "BBH CoT prompts")
     built = Built("bbh", "less_bbh")
+    # The reference seeds the global RNG once and samples each task in turn, in glob order (the
+    # file system's); one RNG in sorted task order is that draw whenever glob lists them sorted.
+    rng = random.Random(SEED)
     for f in sorted(data_dir.glob("*.json")):
         name = f.stem
         examples = json.loads(f.read_text(encoding="utf-8"))["examples"]
-        rows = random.Random(SEED).sample(examples, per_task) if len(examples) > per_task else examples
+        rows = rng.sample(examples, min(per_task, len(examples))) if per_task else examples
         prompt_file = prompts / f"{name}.txt"
         if not prompt_file.is_file():
             raise DataError(f"{prompt_file}: BBH CoT prompt not found (set by data.root)")
-        task_prompt = prompt_file.read_text(encoding="utf-8").split("-----", 1)[-1].strip()
-        for r in rows:  # the paper's prompt: plain text, 3 CoT exemplars, then the question
+        with open(prompt_file, encoding="utf-8") as fh:  # the reference: the file minus its first 2 lines
+            task_prompt = "".join(fh.readlines()[2:]).strip()
+        for r in rows:  # the reference's non-chat prompt: 3 CoT exemplars, then the question
             r["prompt"] = task_prompt + "\n\nQ: " + r["input"] + "\nA:"
         data = _write_jsonl(out / f"bbh_{name}.jsonl", rows)
         task = f"less_bbh_{name}"
@@ -223,5 +227,5 @@ def build_tasks(eval_cfg: DictConfig, data_cfg: DictConfig, out: Path, tokenizer
         elif t == "tydiqa":
             built.append(build_tydiqa(root, out, eval_cfg.protocol, eval_cfg.tydiqa_per_language, tokenizer))
         else:
-            built.append(build_bbh(root, out, eval_cfg.protocol, eval_cfg.bbh_per_task))
+            built.append(build_bbh(root, out, eval_cfg.protocol, eval_cfg.bbh.per_task))
     return built
