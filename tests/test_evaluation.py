@@ -95,17 +95,205 @@ def test_bbh_sample_and_prompt_are_the_references(tmp_path):
                                      f"\n\nQ: {rows[0]['input']}\nA:")
 
 
+LANGS = ["arabic", "bengali", "english", "finnish", "indonesian", "korean", "russian", "swahili", "telugu"]
+
+
+def _squad(rows: list[dict]) -> dict:
+    """SQuAD layout, one article per row."""
+    return {"data": [{"title": r["id"], "paragraphs": [{"context": r["context"], "qas": [
+        {"id": r["id"], "question": r["question"], "answers": [{"text": r["answer"], "answer_start": 0}]}]}]}
+        for r in rows]}
+
+
+def _train_rows(n: int) -> dict[str, list[dict]]:
+    return {lang: [{"id": f"{lang}-train-{i}", "context": f"{lang} train passage {i}.",
+                    "question": f"{lang} train question {i}?", "answer": f"train answer {i}"} for i in range(n)]
+            for lang in LANGS}
+
+
+def _write_train(path: Path, train: dict[str, list[dict]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_squad([r for rows in train.values() for r in rows])))
+    return path
+
+
+def _tydiqa_root(root: Path, n_dev: int = 5) -> tuple[dict, dict]:
+    """A data root with a TyDiQA-GoldP dev file and the D_val exemplars, no train split."""
+    dev = {lang: [{"id": f"{lang}-dev-{i}", "context": f"{lang} dev passage {i}.", "question": f"{lang} dev question {i}?",
+                   "answer": f"dev answer {i}"} for i in range(n_dev)] for lang in LANGS}
+    dval = {lang: [{"id": f"{lang}-dval", "lang": lang, "context": f"{lang} dval passage.",
+                    "question": f"{lang} dval question?", "answers": [{"text": "dval answer", "answer_start": 0}]}]
+            for lang in LANGS}
+    (root / "tydiqa").mkdir(parents=True)
+    (root / "tydiqa" / "tydiqa-goldp-v1.1-dev.json").write_text(json.dumps(_squad([r for v in dev.values() for r in v])))
+    (root / "tydiqa" / "tydiqa-one-shot.json").write_text(json.dumps(dval))
+    return dev, dval
+
+
+def _expected_draw(dev: dict, train: dict, per_language: int) -> tuple[dict, dict]:
+    """The reference's draws (random.seed(42); per language the test questions, then per language
+    one train example) with one Random(42) and the languages in sorted order."""
+    rng = random.Random(42)
+    tests = {lang: rng.sample(dev[lang], per_language) if len(dev[lang]) > per_language else dev[lang]
+             for lang in sorted(LANGS)}
+    return tests, {lang: rng.sample(train[lang], 1)[0] for lang in sorted(LANGS)}
+
+
+def _demo(lang: str, ex: dict) -> str:
+    from less.data.targets import TYDIQA_TEMPLATES
+
+    _, p_t, q_t, a_t = TYDIQA_TEMPLATES[lang]
+    return f"{p_t} {ex['context']}\n{q_t} {ex['question']}\n{a_t} {ex['answer']}\n\n{p_t} "
+
+
+@pytest.mark.parametrize("where", ["tydiqa", "eval/tydiqa", "train_file"])
+def test_tydiqa_demo_is_the_references_seeded_draw_from_the_train_split(tmp_path, where):
+    from less.evaluation.tasks import TYDIQA_CODES
+
+    root = tmp_path / "data"
+    dev, dval = _tydiqa_root(root)
+    train = _train_rows(4)
+    name = "tydiqa-goldp-v1.1-train.json"
+    path = _write_train(tmp_path / name if where == "train_file" else root / where / name, train)
+    built = _build(root, tmp_path / "tasks", ["eval.tasks=[tydiqa]", "eval.tydiqa.per_language=3"]
+                   + ([f"eval.tydiqa.train_file={path}"] if where == "train_file" else []))
+    assert built[0].info["shot_source"] == str(path.resolve())
+    tests, shots = _expected_draw(dev, train, 3)
+    for lang, code in TYDIQA_CODES.items():
+        rows = _read_jsonl(tmp_path / "tasks" / f"tydiqa_{code}.jsonl")
+        assert [r["id"] for r in rows] == [r["id"] for r in tests[lang]]
+        for r in rows:
+            assert _demo(lang, shots[lang]) in r["prompt"] and r["prompt"].count(" train passage ") == 1
+            assert dval[lang][0]["question"] not in r["prompt"]
+
+
+def test_tydiqa_train_split_from_the_hub_is_the_same_draw(tmp_path, monkeypatch):
+    """No local train file, hub allowed: datasets.load_dataset(hub_dataset, hub_config, split="train")
+    (stubbed here: tests stay offline), its rows converted like the file's."""
+    import datasets
+
+    from less.evaluation.tasks import TYDIQA_CODES
+
+    root = tmp_path / "data"
+    dev, _ = _tydiqa_root(root)
+    train = _train_rows(4)
+    calls = []
+
+    def load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        return [{"id": r["id"], "title": "t", "context": r["context"], "question": r["question"],
+                 "answers": {"text": [r["answer"]], "answer_start": [0]}} for rows in train.values() for r in rows]
+
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    built = _build(root, tmp_path / "tasks", ["eval.tasks=[tydiqa]", "eval.tydiqa.per_language=3"])
+    assert calls == [(("google-research-datasets/tydiqa", "secondary_task"), {"split": "train"})]
+    assert built[0].info["shot_source"] == "hub:google-research-datasets/tydiqa/secondary_task:train"
+    _, shots = _expected_draw(dev, train, 3)
+    for lang, code in TYDIQA_CODES.items():
+        assert _demo(lang, shots[lang]) in _read_jsonl(tmp_path / "tasks" / f"tydiqa_{code}.jsonl")[0]["prompt"]
+
+
+def test_tydiqa_hub_failure_is_a_one_line_error(tmp_path, monkeypatch):
+    import datasets
+
+    from less.errors import DataError
+
+    def load_dataset(*args, **kwargs):
+        raise ConnectionError("no network\nsecond line")
+
+    root = tmp_path / "data"
+    _tydiqa_root(root)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    with pytest.raises(DataError) as err:
+        _build(root, tmp_path / "tasks", ["eval.tasks=[tydiqa]"])
+    msg = str(err.value)
+    assert "\n" not in msg and "google-research-datasets/tydiqa/secondary_task failed: ConnectionError" in msg
+    assert "eval.tydiqa.train_file" in msg and "eval.tydiqa.shot_source=dval" in msg
+
+
+def test_tydiqa_demo_passage_is_cut_like_the_test_passages(tmp_path, tiny_tokenizer):
+    from less.evaluation.tasks import build_tydiqa
+
+    root = tmp_path / "data"
+    _tydiqa_root(root)
+    long = {lang: [{"id": f"{lang}-train-0", "context": " ".join(f"word{i}" for i in range(200)),
+                    "question": "q?", "answer": "a"}] for lang in LANGS}
+    path = _write_train(tmp_path / "train.json", long)
+    t = compose([f"eval.tydiqa.train_file={path}"], hydra=False).eval.tydiqa
+    (tmp_path / "tasks").mkdir()
+    build_tydiqa(root, tmp_path / "tasks", "paper", t, tiny_tokenizer, max_context=8)
+    ids = tiny_tokenizer(long["english"][0]["context"], add_special_tokens=False)["input_ids"]
+    cut = tiny_tokenizer.decode(ids[:8])
+    assert len(ids) > 8 and cut != long["english"][0]["context"]
+    prompt = _read_jsonl(tmp_path / "tasks" / "tydiqa_en.jsonl")[0]["prompt"]
+    assert f"Passage: {cut}\nQuestion: q?\nAnswer: a\n\n" in prompt
+
+
+def test_tydiqa_without_a_train_split_offline_is_a_one_line_error(tiny_model_dir, shared_cache, tmp_path, capsys):
+    from tests.conftest import run_expecting_error
+
+    root = tmp_path / "data"
+    _tydiqa_root(root)
+    err = run_expecting_error(["stages=[eval]", "eval.model=base", "eval.tasks=[tydiqa]", f"data.root={root}"],
+                              shared_cache, tmp_path / "out", capsys)
+    for needed in (root / "tydiqa" / "tydiqa-goldp-v1.1-train.json", root / "eval" / "tydiqa" / "tydiqa-goldp-v1.1-train.json",
+                   "eval.tydiqa.train_file", "eval.tydiqa.shot_source=dval", "offline"):
+        assert str(needed) in err, err
+
+
+def test_tydiqa_train_file_that_is_missing_is_named(tmp_path):
+    from less.errors import DataError
+
+    root = tmp_path / "data"
+    _tydiqa_root(root)
+    with pytest.raises(DataError, match=r"nope\.json: TyDiQA-GoldP train file not found \(set by eval\.tydiqa\.train_file\)"):
+        _build(root, tmp_path / "tasks", ["eval.tasks=[tydiqa]", f"eval.tydiqa.train_file={tmp_path / 'nope.json'}"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("eval.tydiqa.shot_source=test", "eval.tydiqa.shot_source must be train or dval, got 'test'"),
+    ("eval.tydiqa.per_language=0", "eval.tydiqa.per_language must be a positive integer or null (all), got 0"),
+    ("eval.bbh.per_task=ten", "eval.bbh.per_task must be a positive integer or null (all), got 'ten'"),
+])
+def test_eval_tydiqa_and_bbh_settings_are_validated(shared_cache, tmp_path, capsys, override, message):
+    from tests.conftest import run_expecting_error
+
+    err = run_expecting_error(["stages=[eval]", "eval.model=base", "eval.tasks=[tydiqa,bbh]", override],
+                              shared_cache, tmp_path, capsys)
+    assert err == f"error: {message}"
+
+
+def test_tydiqa_dval_shot_source_runs_and_is_recorded(tiny_model_dir, shared_cache, tmp_path):
+    """eval.tydiqa.shot_source=dval: the D_val exemplar is every prompt's demo (no train split needed)."""
+    root = tmp_path / "data"
+    _, dval = _tydiqa_root(root)
+    res = run_pipeline(["stages=[eval]", "eval.model=base", "eval.tasks=[tydiqa]", "eval.limit=1", "eval.max_gen_toks=2",
+                        "eval.tydiqa.shot_source=dval", f"data.root={root}"], shared_cache, tmp_path / "out")
+    assert res["eval"]["tydiqa_shot_source"] == f"dval:{root / 'tydiqa' / 'tydiqa-one-shot.json'}"
+    assert len(res["eval"]["tydiqa"]["subtasks"]) == 9
+    rows = _read_jsonl(Path(res["stages"]["eval"]["dir"]) / "tasks" / "tydiqa_sw.jsonl")
+    ex = dval["swahili"][0]
+    assert _demo("swahili", {**ex, "answer": ex["answers"][0]["text"]}) in rows[0]["prompt"]
+
+
 @pytest.fixture(scope="module")
 def paper_eval(tiny_model_dir, shared_cache, tmp_path_factory):
+    """The three tasks on the real data (../shared/data has no TyDiQA train split: a synthetic one)."""
     out = tmp_path_factory.mktemp("paper-eval")
+    train = _write_train(tmp_path_factory.mktemp("tydiqa-train") / "train.json", _train_rows(3))
     run_pipeline(["stages=[eval]", "eval.model=base", "eval.tasks=[mmlu,tydiqa,bbh]", "eval.limit=2",
-                  "eval.max_gen_toks=8", f"data.root={DATA}", "logger=wandb"], shared_cache, out)
-    return out
+                  "eval.max_gen_toks=8", f"data.root={DATA}", f"eval.tydiqa.train_file={train}", "logger=wandb"],
+                 shared_cache, out)
+    return out, train
 
 
 @needs_data
 def test_three_tasks_run_with_subtask_metrics(paper_eval):
-    out = paper_eval
+    out, train = paper_eval
     ev = json.loads((out / "results.json").read_text())["eval"]
     expect = {"mmlu": ("acc", 57, 1), "tydiqa": ("f1", 9, 100), "bbh": ("exact_match", 27, 1)}
     for task, (metric, n_sub, top) in expect.items():
@@ -122,11 +310,18 @@ def test_three_tasks_run_with_subtask_metrics(paper_eval):
         if rec.WhichOneof("record_type") == "history":
             keys |= {u.key or "/".join(u.nested_key) for u in rec.history.item}
     assert "eval/mmlu/acc" in keys and "eval/bbh/subtasks/navigate/exact_match" in keys
+    # where the TyDiQA demos came from: results.json and the W&B summary
+    assert res["eval"]["tydiqa_shot_source"] == str(train)
+    summary = {}
+    for rec in read_records(next(Path(res["wandb"]["dir"]).glob("run-*.wandb"))):
+        if rec.WhichOneof("record_type") == "summary":
+            summary.update({u.key or "/".join(u.nested_key): json.loads(u.value_json) for u in rec.summary.update})
+    assert summary["eval/tydiqa_shot_source"] == str(train)
 
 
 @needs_data
 def test_mmlu_request_is_the_papers_five_shot_prompt(paper_eval):
-    out = paper_eval
+    out, _ = paper_eval
     d = Path(json.loads((out / "results.json").read_text())["stages"]["eval"]["dir"])
     sample = json.loads((d / "samples" / "less_mmlu_anatomy.jsonl").read_text().splitlines()[0])
     dev = list(csv.reader(open(DATA / "mmlu" / "dev" / "anatomy_dev.csv", encoding="utf-8")))
@@ -144,12 +339,17 @@ def test_mmlu_request_is_the_papers_five_shot_prompt(paper_eval):
 
 @needs_data
 def test_tydiqa_and_bbh_prompts(paper_eval):
-    out = paper_eval
-    tasks = Path(json.loads((out / "results.json").read_text())["stages"]["eval"]["dir"]) / "samples"
+    out, _ = paper_eval
+    eval_dir = Path(json.loads((out / "results.json").read_text())["stages"]["eval"]["dir"])
+    tasks = eval_dir / "samples"
     ty = json.loads((tasks / "less_tydiqa_en.jsonl").read_text().splitlines()[0])
     prompt = ty["arguments"][0][0]
     assert prompt.startswith("<|user|>\nAnswer the following question based on the information in the given "
-                             "passage.\n\nPassage: ")
+                             "passage.\n\nPassage: english train passage ")  # the demo, from the train split
+    shot = json.loads((eval_dir / "tasks" / "tydiqa_shots.json").read_text())["shots"]["english"]
+    i = shot["id"].rsplit("-", 1)[1]
+    assert (f"Passage: english train passage {i}.\nQuestion: english train question {i}?\n"
+            f"Answer: train answer {i}\n\nPassage: ") in prompt
     assert prompt.endswith("\n\n<|assistant|>\nAnswer:") and prompt.count("Passage:") == 2
     assert ty["arguments"][0][1]["until"] == ["\n"]
     bbh = json.loads((tasks / "less_bbh_navigate.jsonl").read_text().splitlines()[0])
