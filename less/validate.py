@@ -77,6 +77,10 @@ def validate(cfg: DictConfig) -> None:
     for key, n in (("eval.tydiqa.per_language", e.tydiqa.per_language), ("eval.bbh.per_task", e.bbh.per_task)):
         _check(n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 1),
                f"{key} must be a positive integer or null (all), got {n!r}")
+    if "eval" in cfg.stages:  # before hours of training, not at the end
+        from less.evaluation.tasks import check_tydiqa_train
+
+        check_tydiqa_train(e, cfg.data)
     if "eval" in cfg.stages and "less_synthetic_arithmetic" in cfg.eval.tasks:
         _check(cfg.target.kind == "synthetic", "eval.tasks: less_synthetic_arithmetic needs target=synthetic "
                f"(got target={cfg.target.name}); set eval.tasks or leave eval out of stages")

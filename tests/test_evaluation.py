@@ -233,16 +233,24 @@ def test_tydiqa_demo_passage_is_cut_like_the_test_passages(tmp_path, tiny_tokeni
     assert f"Passage: {cut}\nQuestion: q?\nAnswer: a\n\n" in prompt
 
 
-def test_tydiqa_without_a_train_split_offline_is_a_one_line_error(tiny_model_dir, shared_cache, tmp_path, capsys):
+def test_tydiqa_without_a_train_split_offline_is_a_one_line_error(tmp_path, capsys):
+    """Offline, no train file: the run stops before any stage (the eval comes after hours of
+    training) with one line naming the files looked for and both options; building the tasks
+    directly (data.root resolved later, e.g. from the hub) stops with the same message."""
+    from less.errors import DataError
     from tests.conftest import run_expecting_error
 
     root = tmp_path / "data"
     _tydiqa_root(root)
-    err = run_expecting_error(["stages=[eval]", "eval.model=base", "eval.tasks=[tydiqa]", f"data.root={root}"],
-                              shared_cache, tmp_path / "out", capsys)
+    cache = tmp_path / "cache"
+    err = run_expecting_error(["eval.tasks=[tydiqa]", "eval=paper", f"data.root={root}"], cache, tmp_path / "out", capsys)
     for needed in (root / "tydiqa" / "tydiqa-goldp-v1.1-train.json", root / "eval" / "tydiqa" / "tydiqa-goldp-v1.1-train.json",
-                   "eval.tydiqa.train_file", "eval.tydiqa.shot_source=dval", "offline"):
+                   "eval.tydiqa.train_file=", "eval.tydiqa.shot_source=dval", "HF_HUB_OFFLINE is set"):
         assert str(needed) in err, err
+    assert not any(cache.glob("*/*"))  # nothing was built
+    with pytest.raises(DataError) as built:
+        _build(root, tmp_path / "tasks", ["eval.tasks=[tydiqa]"])
+    assert f"error: {built.value}" == err
 
 
 def test_tydiqa_train_file_that_is_missing_is_named(tmp_path):

@@ -149,24 +149,43 @@ def _hub_offline() -> bool:
                for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
 
 
-def tydiqa_train_split(root: Path, t: DictConfig) -> tuple[dict[str, list[dict]], str]:
-    """The TyDiQA-GoldP train split by language and where it came from: ``eval.tydiqa.train_file``,
-    else a file under ``root``, else (hub allowed) ``t.hub_dataset``/``t.hub_config``."""
+def _train_file(root: Path | None, t: DictConfig) -> Path | None:
+    """``eval.tydiqa.train_file`` (which must exist), else the first train file under ``root``."""
     if t.train_file:
         path = Path(str(t.train_file)).expanduser().resolve()
         if not path.is_file():
             raise DataError(f"{path}: TyDiQA-GoldP train file not found (set by eval.tydiqa.train_file)")
-        return _squad_by_language(path), str(path)
-    for c in TYDIQA_TRAIN:
-        if (root / c).is_file():
-            return _squad_by_language(root / c), str(root / c)
+        return path
+    return next((root / c for c in TYDIQA_TRAIN if root is not None and (root / c).is_file()), None)
+
+
+def _no_train_split(root: Path, t: DictConfig, why: str) -> DataError:
     looked = " or ".join(str(root / c) for c in TYDIQA_TRAIN)
-    need = (f"put the TyDiQA-GoldP train split (SQuAD json) at {looked}, or set eval.tydiqa.train_file=<file>, "
-            "or set eval.tydiqa.shot_source=dval to use the D_val exemplar as the one-shot demo")
+    return DataError(f"no TyDiQA-GoldP train split for the one-shot demos ({why}): put it (SQuAD json) at "
+                     f"{looked}, or set eval.tydiqa.train_file=<file>, or set eval.tydiqa.shot_source=dval "
+                     "to use the D_val exemplar as the one-shot demo")
+
+
+def check_tydiqa_train(e: DictConfig, data_cfg: DictConfig) -> None:
+    """Before any stage runs, where it can be told without the network: the paper protocol's TyDiQA
+    demos need a train split (an explicit file, or one under a local ``data.root`` when offline)."""
+    if "tydiqa" not in e.tasks or e.protocol != "paper" or e.tydiqa.shot_source != "train":
+        return
+    root = Path(str(data_cfg.root)).expanduser().resolve() if data_cfg.get("root") else None
+    if _train_file(root, e.tydiqa) is None and root is not None and root.is_dir() and _hub_offline():
+        raise _no_train_split(root, e.tydiqa, f"offline: HF_DATASETS_OFFLINE/HF_HUB_OFFLINE is set, so not "
+                                              f"from the hub {e.tydiqa.hub_dataset}/{e.tydiqa.hub_config}")
+
+
+def tydiqa_train_split(root: Path, t: DictConfig) -> tuple[dict[str, list[dict]], str]:
+    """The TyDiQA-GoldP train split by language and where it came from: ``eval.tydiqa.train_file``,
+    else a file under ``root``, else (hub allowed) ``t.hub_dataset``/``t.hub_config``."""
+    path = _train_file(root, t)
+    if path is not None:
+        return _squad_by_language(path), str(path)
     hub = f"{t.hub_dataset}/{t.hub_config}"
     if _hub_offline():
-        raise DataError(f"no TyDiQA-GoldP train split for the one-shot demos (offline: HF_DATASETS_OFFLINE/"
-                        f"HF_HUB_OFFLINE is set, so not from the hub {hub}): {need}")
+        raise _no_train_split(root, t, f"offline: HF_DATASETS_OFFLINE/HF_HUB_OFFLINE is set, so not from the hub {hub}")
     try:
         from datasets import load_dataset
 
@@ -178,8 +197,7 @@ def tydiqa_train_split(root: Path, t: DictConfig) -> tuple[dict[str, list[dict]]
                 by_lang[lang].append({"id": ex["id"], "context": ex["context"], "question": ex["question"],
                                       "answers": list(ex["answers"]["text"])})
     except Exception as e:  # network, gated, renamed: one line
-        raise DataError(f"no TyDiQA-GoldP train split for the one-shot demos (the hub {hub} failed: "
-                        f"{type(e).__name__}): {need}") from None
+        raise _no_train_split(root, t, f"the hub {hub} failed: {type(e).__name__}") from None
     return by_lang, f"hub:{hub}:train"
 
 
