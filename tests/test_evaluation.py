@@ -74,10 +74,8 @@ def _build(root: Path, out: Path, overrides: list[str], tokenizer=None):
     return build_tasks(cfg.eval, cfg.data, out, tokenizer)
 
 
-def test_bbh_sample_and_prompt_are_the_references(tmp_path):
-    """40 per task drawn by one RNG seeded 42 over the tasks in order; the prompt is the CoT file
-    minus its first two lines, stripped, then "\n\nQ: {input}\nA:"."""
-    root = tmp_path / "data"
+def _bbh_root(root: Path) -> dict[str, list[dict]]:
+    """Two BBH tasks of 50 questions with CoT prompt files laid out as the originals (2 header lines)."""
     (root / "bbh" / "bbh").mkdir(parents=True)
     (root / "bbh" / "cot-prompts").mkdir(parents=True)
     tasks = {}
@@ -86,6 +84,14 @@ def test_bbh_sample_and_prompt_are_the_references(tmp_path):
         (root / "bbh" / "bbh" / f"{name}.json").write_text(json.dumps({"examples": tasks[name]}))
         (root / "bbh" / "cot-prompts" / f"{name}.txt").write_text(
             f"CANARY line\n-----\n{name} description.\n\nQ: shot\nA: So the answer is Yes.\n\n")
+    return tasks
+
+
+def test_bbh_sample_and_prompt_are_the_references(tmp_path):
+    """40 per task drawn by one RNG seeded 42 over the tasks in order; the prompt is the CoT file
+    minus its first two lines, stripped, then "\n\nQ: {input}\nA:"."""
+    root = tmp_path / "data"
+    tasks = _bbh_root(root)
     _build(root, tmp_path / "tasks", ["eval.tasks=[bbh]", "eval.bbh.per_task=4"])
     rng = random.Random(42)
     for name in sorted(tasks):
@@ -286,6 +292,28 @@ def test_tydiqa_dval_shot_source_runs_and_is_recorded(tiny_model_dir, shared_cac
     rows = _read_jsonl(Path(res["stages"]["eval"]["dir"]) / "tasks" / "tydiqa_sw.jsonl")
     ex = dval["swahili"][0]
     assert _demo("swahili", {**ex, "answer": ex["answers"][0]["text"]}) in rows[0]["prompt"]
+
+
+def test_lm_eval_protocol_needs_no_train_split_and_its_tasks_load(tmp_path):
+    """protocol=lm_eval: lm-eval's own prompts (no demo, so no train split) on the same samples."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    from less.validate import validate
+
+    root = tmp_path / "data"
+    _tydiqa_root(root)
+    _bbh_root(root)
+    overrides = ["eval.tasks=[tydiqa,bbh]", "eval.protocol=lm_eval", "eval.bbh.per_task=4"]
+    validate(compose([f"data.root={root}", "stages=[eval]", *overrides], hydra=False))
+    built = _build(root, tmp_path / "tasks", overrides)
+    assert built[0].info == {"shot_source": "none (protocol=lm_eval)"} and not (tmp_path / "tasks" / "tydiqa_shots.json").exists()
+    loaded = {name: task for group in get_task_dict(["less_tydiqa", "less_bbh"], TaskManager(
+        include_path=str(tmp_path / "tasks"))).values() for name, task in group.items()}
+    en = loaded["less_tydiqa_en"]
+    assert [d["id"] for d in en.eval_docs] == [f"english-dev-{i}" for i in range(5)]
+    assert en.doc_to_text(en.eval_docs[0]) == "Context: english dev passage 0.\n\nQuestion: english dev question 0?\n\nAnswer:"
+    nav = loaded["less_bbh_navigate"]
+    assert len(nav.eval_docs) == 4 and nav.doc_to_text(nav.eval_docs[0]).startswith("Q: navigate question ")
 
 
 @pytest.fixture(scope="module")
