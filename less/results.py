@@ -101,6 +101,9 @@ def summary(r: dict[str, Any], path: Path) -> str:
             lines.append(f"target skill '{sel['target_skill']}': {sel['target_share']:.1%} of the selection"
                          f" vs {sel['base_share']:.1%} of the pool ({ratio:.1f}x)")
     for task, ms in r.get("eval", {}).items():
+        if not isinstance(ms, dict):  # e.g. tydiqa_shot_source
+            lines.append(f"eval {task}: {ms}")
+            continue
         subs = ms.get("subtasks", {})
         lines.append(f"eval {task}: " + ", ".join(f"{m}={v:.4f}" for m, v in ms.items()
                                                    if m != "subtasks" and not m.endswith("stderr"))

@@ -72,6 +72,15 @@ def validate(cfg: DictConfig) -> None:
     _check(e.protocol in ("paper", "lm_eval"), f"eval.protocol must be paper or lm_eval, got {e.protocol!r}")
     _check(e.backend in ("hf", "vllm"), f"eval.backend must be hf or vllm, got {e.backend!r}")
     _check(not e.adapter or (e.model and e.model != "base"), "eval.adapter needs eval.model (the adapter's base)")
+    _check(e.tydiqa.shot_source in ("train", "dval"),
+           f"eval.tydiqa.shot_source must be train or dval, got {e.tydiqa.shot_source!r}")
+    for key, n in (("eval.tydiqa.per_language", e.tydiqa.per_language), ("eval.bbh.per_task", e.bbh.per_task)):
+        _check(n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 1),
+               f"{key} must be a positive integer or null (all), got {n!r}")
+    if "eval" in cfg.stages:  # before hours of training, not at the end
+        from less.evaluation.tasks import check_tydiqa_train
+
+        check_tydiqa_train(e, cfg.data)
     if "eval" in cfg.stages and "less_synthetic_arithmetic" in cfg.eval.tasks:
         _check(cfg.target.kind == "synthetic", "eval.tasks: less_synthetic_arithmetic needs target=synthetic "
                f"(got target={cfg.target.name}); set eval.tasks or leave eval out of stages")

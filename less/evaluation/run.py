@@ -123,4 +123,7 @@ def evaluate(cfg: DictConfig, out: Path, device: torch.device, base: str | None,
                 for s in samples:
                     fh.write(json.dumps(s, ensure_ascii=False, default=str) + "\n")
     (out / "model.json").write_text(json.dumps({"model": base, "adapter": adapter, "backend": e.backend}, indent=2))
+    # what results.json and W&B record beside the metrics, e.g. tydiqa_shot_source
+    (out / "info.json").write_text(json.dumps({f"{b.name}_{k}": v for b in built for k, v in b.info.items()},
+                                              indent=2, ensure_ascii=False))
     return metrics

@@ -1,10 +1,13 @@
-"""Metric functions for the generated lm-eval tasks (copied next to their YAMLs as ``utils.py``,
+r"""Metric functions for the generated lm-eval tasks (copied next to their YAMLs as ``utils.py``,
 so this file must only import the standard library).
 
 - TyDiQA: SQuAD v1.1 F1 and exact match (the official normalisation: lower case, no punctuation,
   no English articles, single spaces), max over the gold answers, as open-instruct's evaluation.
-- BBH: the answer is what follows "the answer is" up to the next period (else the whole stripped
-  output), compared to the target ignoring case and punctuation, as open-instruct's evaluation.
+- BBH: as LESS's copy of the evaluation (``evaluation/eval/bbh/run_eval.py``): the answer is the
+  first match of the case-sensitive ``So the answer is (.*?)\.`` (stripped), else the output up to
+  its first blank line (stripped); scored like HF ``evaluate``'s ``exact_match`` with
+  ``ignore_case=True, ignore_punctuation=True`` (lower case, ASCII punctuation deleted, then plain
+  equality: whitespace is not stripped).
 """
 
 from __future__ import annotations
@@ -42,17 +45,28 @@ def tydiqa_process_results(doc, results):
             "exact_match": 100.0 * max(squad_em(prediction, a) for a in answers)}
 
 
-ANSWER_RE = re.compile(r"[tT]he answer is (.*?)\.")
+ANSWER_RE = re.compile(r"So the answer is (.*?)\.")  # case-sensitive, first match, as the reference
 
 
 def bbh_extract(prediction: str) -> str:
     m = ANSWER_RE.search(prediction)
-    return m.group(1).strip() if m else prediction.strip()
+    if m:
+        return m.group(1).strip()
+    return prediction.strip().split("\n\n")[0].strip()  # "mainly for vanilla language models"
 
 
-def _loose(s: str) -> str:
-    return "".join(ch for ch in s.lower() if ch not in set(string.punctuation)).strip()
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def bbh_exact_match(prediction: str, target: str) -> float:
+    """``evaluate``'s exact_match(ignore_case=True, ignore_punctuation=True) for one pair: ``lower``,
+    ``string.punctuation`` deleted, then ``==`` (no whitespace stripping); its numpy string arrays
+    cannot hold trailing NULs, hence the rstrip."""
+    def norm(s: str) -> str:
+        return s.lower().translate(_NO_PUNCTUATION).rstrip("\x00")
+
+    return float(norm(prediction) == norm(target))
 
 
 def bbh_process_results(doc, results):
-    return {"exact_match": float(_loose(bbh_extract(results[0])) == _loose(doc["target"]))}
+    return {"exact_match": bbh_exact_match(bbh_extract(results[0]), doc["target"])}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from less.errors import ConfigError, DataError
 
 PAPER_TASKS = ("mmlu", "tydiqa", "bbh")
 TYDIQA_CODES = {"arabic": "ar", "bengali": "bn", "english": "en", "finnish": "fi", "indonesian": "id",
-                "korean": "ko", "russian": "ru", "swahili": "sw", "telugu": "te"}
+                "korean": "ko", "russian": "ru", "swahili": "sw", "telugu": "te"}  # in sorted order
 SEED = 42  # open-instruct's sampling seed for TyDiQA and BBH test examples
 
 
@@ -42,6 +43,7 @@ class Built:
     name: str
     group: str
     subtasks: dict[str, str] = field(default_factory=dict)  # lm-eval task -> subtask label
+    info: dict[str, str] = field(default_factory=dict)      # what else results.json records, e.g. shot_source
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
@@ -117,32 +119,138 @@ def _truncate(text: str, tokenizer, max_tokens: int) -> str:
     return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
 
 
-def build_tydiqa(root: Path, out: Path, protocol: str, per_language: int, tokenizer, max_context: int = 512) -> Built:
-    dev = find(root, ["tydiqa/tydiqa-goldp-v1.1-dev.json", "eval/tydiqa/tydiqa-goldp-v1.1-dev.json"], "TyDiQA-GoldP dev")
-    shots = json.loads(find(root, ["tydiqa/tydiqa-one-shot.json", "eval/tydiqa/tydiqa-one-shot.json"],
-                            "TyDiQA one-shot exemplars").read_text(encoding="utf-8"))
+TYDIQA_DEV = ["tydiqa/tydiqa-goldp-v1.1-dev.json", "eval/tydiqa/tydiqa-goldp-v1.1-dev.json"]
+TYDIQA_TRAIN = ["tydiqa/tydiqa-goldp-v1.1-train.json", "eval/tydiqa/tydiqa-goldp-v1.1-train.json"]
+TYDIQA_DVAL = ["tydiqa/tydiqa-one-shot.json", "eval/tydiqa/tydiqa-one-shot.json"]
+SHOT_SOURCES = ("train", "dval")
+
+
+def _squad_by_language(path: Path) -> dict[str, list[dict]]:
+    """A TyDiQA-GoldP file in SQuAD layout as {language: [{id, context, question, answers}]} in file
+    order, the language being the id's prefix (``english-...``); answers are the gold texts."""
+    try:
+        articles = json.loads(path.read_text(encoding="utf-8"))["data"]
+        rows = [{"id": qa["id"], "context": para["context"], "question": qa["question"],
+                 "answers": [a["text"] for a in qa["answers"]]}
+                for article in articles for para in article["paragraphs"] for qa in para["qas"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: not a TyDiQA-GoldP file in SQuAD layout "
+                        f"(data/paragraphs/qas: {type(e).__name__} {e})") from None
     by_lang: dict[str, list[dict]] = {lang: [] for lang in TYDIQA_CODES}
-    for article in json.loads(dev.read_text(encoding="utf-8"))["data"]:
-        for para in article["paragraphs"]:
-            for qa in para["qas"]:
-                lang = qa["id"].split("-")[0]
-                if lang in by_lang:
-                    by_lang[lang].append({"id": qa["id"], "context": para["context"], "question": qa["question"],
-                                          "answers": [a["text"] for a in qa["answers"]]})
+    for r in rows:
+        lang = r["id"].split("-")[0]
+        if lang in by_lang:
+            by_lang[lang].append(r)
+    return by_lang
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
+               for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def _train_file(root: Path | None, t: DictConfig) -> Path | None:
+    """``eval.tydiqa.train_file`` (which must exist), else the first train file under ``root``."""
+    if t.train_file:
+        path = Path(str(t.train_file)).expanduser().resolve()
+        if not path.is_file():
+            raise DataError(f"{path}: TyDiQA-GoldP train file not found (set by eval.tydiqa.train_file)")
+        return path
+    return next((root / c for c in TYDIQA_TRAIN if root is not None and (root / c).is_file()), None)
+
+
+def _no_train_split(root: Path, t: DictConfig, why: str) -> DataError:
+    looked = " or ".join(str(root / c) for c in TYDIQA_TRAIN)
+    return DataError(f"no TyDiQA-GoldP train split for the one-shot demos ({why}): put it (SQuAD json) at "
+                     f"{looked}, or set eval.tydiqa.train_file=<file>, or set eval.tydiqa.shot_source=dval "
+                     "to use the D_val exemplar as the one-shot demo")
+
+
+def check_tydiqa_train(e: DictConfig, data_cfg: DictConfig) -> None:
+    """Before any stage runs, where it can be told without the network: the paper protocol's TyDiQA
+    demos need a train split (an explicit file, or one under a local ``data.root`` when offline)."""
+    if "tydiqa" not in e.tasks or e.protocol != "paper" or e.tydiqa.shot_source != "train":
+        return
+    root = Path(str(data_cfg.root)).expanduser().resolve() if data_cfg.get("root") else None
+    if _train_file(root, e.tydiqa) is None and root is not None and root.is_dir() and _hub_offline():
+        raise _no_train_split(root, e.tydiqa, f"offline: HF_DATASETS_OFFLINE/HF_HUB_OFFLINE is set, so not "
+                                              f"from the hub {e.tydiqa.hub_dataset}/{e.tydiqa.hub_config}")
+
+
+def tydiqa_train_split(root: Path, t: DictConfig) -> tuple[dict[str, list[dict]], str]:
+    """The TyDiQA-GoldP train split by language and where it came from: ``eval.tydiqa.train_file``,
+    else a file under ``root``, else (hub allowed) ``t.hub_dataset``/``t.hub_config``."""
+    path = _train_file(root, t)
+    if path is not None:
+        return _squad_by_language(path), str(path)
+    hub = f"{t.hub_dataset}/{t.hub_config}"
+    if _hub_offline():
+        raise _no_train_split(root, t, f"offline: HF_DATASETS_OFFLINE/HF_HUB_OFFLINE is set, so not from the hub {hub}")
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset(str(t.hub_dataset), str(t.hub_config), split="train")
+        by_lang: dict[str, list[dict]] = {lang: [] for lang in TYDIQA_CODES}
+        for ex in ds:  # id, title, context, question, answers{text, answer_start}
+            lang = ex["id"].split("-")[0]
+            if lang in by_lang:
+                by_lang[lang].append({"id": ex["id"], "context": ex["context"], "question": ex["question"],
+                                      "answers": list(ex["answers"]["text"])})
+    except Exception as e:  # network, gated, renamed: one line
+        raise _no_train_split(root, t, f"the hub {hub} failed: {type(e).__name__}") from None
+    return by_lang, f"hub:{hub}:train"
+
+
+def build_tydiqa(root: Path, out: Path, protocol: str, t: DictConfig, tokenizer, max_context: int = 512) -> Built:
+    """9 languages, ``t.per_language`` test questions each; under the paper's protocol one demo per
+    language from the train split (``t.shot_source=train``) or the D_val exemplar (``dval``).
+
+    The reference (``eval/tydiqa/run_eval.py``) seeds the global RNG with 42, samples each language's
+    test questions, then with the same RNG one train example per language, iterating a ``set`` of
+    languages (an order that changes with PYTHONHASHSEED); here one ``Random(42)`` in sorted
+    language order does the same draws reproducibly."""
+    if t.shot_source not in SHOT_SOURCES:
+        raise ConfigError(f"eval.tydiqa.shot_source must be train or dval, got {t.shot_source!r}")
+    dev = find(root, TYDIQA_DEV, "TyDiQA-GoldP dev")
+    by_lang = _squad_by_language(dev)
     built = Built("tydiqa", "less_tydiqa")
     rng = random.Random(SEED)
-    for lang, code in TYDIQA_CODES.items():
+    tests = {}
+    for lang in TYDIQA_CODES:
         rows = by_lang[lang]
         if not rows:
             raise DataError(f"{dev}: no {lang} questions")
-        rows = rng.sample(rows, per_language) if len(rows) > per_language else rows
-        instr, p_t, q_t, a_t = TYDIQA_TEMPLATES[lang]
-        shot = shots[lang][0]
-        cut = (lambda text: _truncate(text, tokenizer, max_context)) if tokenizer is not None else (lambda text: text)
-        demo = f"{p_t} {cut(shot['context'])}\n{q_t} {shot['question']}\n{a_t} {shot['answers'][0]['text']}"
-        for r in rows:  # open-instruct's prompt: Tulu chat, 1 exemplar, passages cut to 512 tokens
-            user = f"{instr}\n\n{demo}\n\n{p_t} {cut(r['context'])}\n{q_t} {r['question']}\n"
-            r["prompt"] = f"<|user|>\n{user}\n<|assistant|>\n{a_t}"
+        tests[lang] = rng.sample(rows, t.per_language) if t.per_language and len(rows) > t.per_language else rows
+    shots: dict[str, dict] = {}
+    if protocol == "paper" and t.shot_source == "train":
+        train, src = tydiqa_train_split(root, t)
+        for lang in TYDIQA_CODES:  # after the test sampling, with the same RNG, as the reference
+            if not train[lang]:
+                raise DataError(f"{src}: no {lang} examples in the TyDiQA-GoldP train split")
+            shots[lang] = dict(rng.sample(train[lang], 1)[0])
+        built.info["shot_source"] = src
+    elif protocol == "paper":
+        path = find(root, TYDIQA_DVAL, "TyDiQA one-shot exemplars")
+        dval = json.loads(path.read_text(encoding="utf-8"))
+        for lang in TYDIQA_CODES:
+            if not dval.get(lang):
+                raise DataError(f"{path}: no {lang} exemplar")
+            ex = dval[lang][0]
+            shots[lang] = {"id": ex.get("id"), "context": ex["context"], "question": ex["question"],
+                           "answers": [a["text"] for a in ex["answers"]]}
+        built.info["shot_source"] = f"dval:{path}"
+    else:
+        built.info["shot_source"] = "none (protocol=lm_eval)"
+    cut = (lambda text: _truncate(text, tokenizer, max_context)) if tokenizer is not None else (lambda text: text)
+    for lang, code in TYDIQA_CODES.items():
+        rows = tests[lang]
+        if protocol == "paper":  # open-instruct's prompt: Tulu chat, 1 demo, passages cut to 512 tokens
+            instr, p_t, q_t, a_t = TYDIQA_TEMPLATES[lang]
+            shot = shots[lang]
+            demo = f"{p_t} {cut(shot['context'])}\n{q_t} {shot['question']}\n{a_t} {shot['answers'][0]}"
+            for r in rows:
+                user = f"{instr}\n\n{demo}\n\n{p_t} {cut(r['context'])}\n{q_t} {r['question']}\n"
+                r["prompt"] = f"<|user|>\n{user}\n<|assistant|>\n{a_t}"
         data = _write_jsonl(out / f"tydiqa_{code}.jsonl", rows)
         task = f"less_tydiqa_{code}"
         base = lm_eval_tasks_dir() / "tydiqa" / f"tydiqa_goldp_{code}.yaml"
@@ -163,23 +271,32 @@ def build_tydiqa(root: Path, out: Path, protocol: str, per_language: int, tokeni
                    "process_docs": None}
             _yaml(out / f"{task}.yaml", cfg)
         built.subtasks[task] = lang
+    if shots:  # which demo each language got
+        (out / "tydiqa_shots.json").write_text(json.dumps(
+            {"source": built.info["shot_source"], "shots": {lang: {"id": s["id"], "question": s["question"]}
+                                                             for lang, s in shots.items()}},
+            ensure_ascii=False, indent=2))
     _group(out / "less_tydiqa.yaml", "less_tydiqa", list(built.subtasks), "f1", weight_by_size=False)
     return built
 
 
-def build_bbh(root: Path, out: Path, protocol: str, per_task: int) -> Built:
+def build_bbh(root: Path, out: Path, protocol: str, per_task: int | None) -> Built:
     data_dir = find(root, ["bbh/bbh", "eval/bbh/bbh", "data/eval/bbh/bbh"], "BBH task files")
     prompts = find(root, ["bbh/cot-prompts", "eval/bbh/cot-prompts", "data/eval/bbh/cot-prompts"], "BBH CoT prompts")
     built = Built("bbh", "less_bbh")
+    # The reference seeds the global RNG once and samples each task in turn, in glob order (the
+    # file system's); one RNG in sorted task order is that draw whenever glob lists them sorted.
+    rng = random.Random(SEED)
     for f in sorted(data_dir.glob("*.json")):
         name = f.stem
         examples = json.loads(f.read_text(encoding="utf-8"))["examples"]
-        rows = random.Random(SEED).sample(examples, per_task) if len(examples) > per_task else examples
+        rows = rng.sample(examples, min(per_task, len(examples))) if per_task else examples
         prompt_file = prompts / f"{name}.txt"
         if not prompt_file.is_file():
             raise DataError(f"{prompt_file}: BBH CoT prompt not found (set by data.root)")
-        task_prompt = prompt_file.read_text(encoding="utf-8").split("-----", 1)[-1].strip()
-        for r in rows:  # the paper's prompt: plain text, 3 CoT exemplars, then the question
+        with open(prompt_file, encoding="utf-8") as fh:  # the reference: the file minus its first 2 lines
+            task_prompt = "".join(fh.readlines()[2:]).strip()
+        for r in rows:  # the reference's non-chat prompt: 3 CoT exemplars, then the question
             r["prompt"] = task_prompt + "\n\nQ: " + r["input"] + "\nA:"
         data = _write_jsonl(out / f"bbh_{name}.jsonl", rows)
         task = f"less_bbh_{name}"
@@ -221,7 +338,7 @@ def build_tasks(eval_cfg: DictConfig, data_cfg: DictConfig, out: Path, tokenizer
         if t == "mmlu":
             built.append(build_mmlu(root, out, eval_cfg.protocol))
         elif t == "tydiqa":
-            built.append(build_tydiqa(root, out, eval_cfg.protocol, eval_cfg.tydiqa_per_language, tokenizer))
+            built.append(build_tydiqa(root, out, eval_cfg.protocol, eval_cfg.tydiqa, tokenizer))
         else:
-            built.append(build_bbh(root, out, eval_cfg.protocol, eval_cfg.bbh_per_task))
+            built.append(build_bbh(root, out, eval_cfg.protocol, eval_cfg.bbh.per_task))
     return built

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from less.cache import to_plain, write_json_atomic
+from less.data.sources import _file_stamp as file_stamp
 from less.data.sources import data_spec
 from less.graph import Context, Inputs, Stage
 from less.models import local_files_stamp, model_spec
@@ -43,6 +44,8 @@ def config(ctx: Context) -> dict[str, Any]:
     e = ctx.cfg.eval
     spec = {"eval": to_plain(e), "data": data_spec(ctx.cfg.data), "device": ctx.device.type, "seed": ctx.cfg.seed,
             "model": model_spec(ctx.cfg.model)}
+    if "tydiqa" in e.tasks and e.tydiqa.train_file:  # its size and mtime, as for the pool's files
+        spec["tydiqa_train_file"] = file_stamp(e.tydiqa.train_file)
     if e.model and e.model != "base":  # a checkpoint of the user's: its files' identity
         spec.update(external={"model": str(e.model), "model_files": local_files_stamp(e.model),
                               "adapter_files": local_files_stamp(e.adapter)})
@@ -50,13 +53,18 @@ def config(ctx: Context) -> dict[str, Any]:
 
 
 def report(ctx: Context, art) -> dict[str, Any]:
-    return {"eval": json.loads((art.dir / "metrics.json").read_text())}
+    """eval.<task>.<metric>, eval.<task>.subtasks.<name>.<metric>, and strings such as
+    eval.tydiqa_shot_source (where the TyDiQA one-shot demos came from)."""
+    info = art.dir / "info.json"
+    return {"eval": {**json.loads((art.dir / "metrics.json").read_text()),
+                     **(json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {})}}
 
 
 def track(ctx: Context, art, reported: dict[str, Any], tracker) -> None:
-    flat = flatten_metrics(reported["eval"], "eval")
+    info = {f"eval/{k}": v for k, v in reported["eval"].items() if not isinstance(v, dict)}
+    flat = flatten_metrics({k: v for k, v in reported["eval"].items() if isinstance(v, dict)}, "eval")
     tracker.log(flat)
-    tracker.summary(flat)
+    tracker.summary({**flat, **info})
     tracker.table("eval/metrics", ["task", "subtask", "metric", "value"], [
         [k.split("/")[1], k.split("/")[3] if "/subtasks/" in k else "", k.rsplit("/", 1)[1], v] for k, v in flat.items()])
     samples = sorted((art.dir / "samples").glob("*.jsonl")) if (art.dir / "samples").is_dir() else []
