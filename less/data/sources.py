@@ -14,7 +14,7 @@ from less.data.formats import read_examples
 from less.errors import ConfigError, DataError
 
 
-def _file_stamp(path: str) -> dict[str, Any]:
+def file_stamp(path: str) -> dict[str, Any]:
     p = Path(path).expanduser().resolve()
     if not p.is_file():
         return {"path": str(p), "missing": True}
@@ -36,7 +36,7 @@ def pool_spec(pool_cfg: DictConfig, data_cfg: DictConfig) -> dict[str, Any]:
     files, their size and mtime."""
     spec = to_plain(pool_cfg)
     if pool_cfg.kind == "jsonl":
-        spec["files"] = [_file_stamp(f) for f in pool_cfg.files]
+        spec["files"] = [file_stamp(f) for f in pool_cfg.files]
     if pool_cfg.kind in ("raw", "less_data"):
         spec["data"] = data_spec(data_cfg)
     if pool_cfg.kind == "less_data" and pool_cfg.get("path"):
@@ -47,7 +47,7 @@ def pool_spec(pool_cfg: DictConfig, data_cfg: DictConfig) -> dict[str, Any]:
 def target_spec(target_cfg: DictConfig, data_cfg: DictConfig) -> dict[str, Any]:
     spec = to_plain(target_cfg)
     if target_cfg.kind == "jsonl":
-        spec["file"] = _file_stamp(target_cfg.file)
+        spec["file"] = file_stamp(target_cfg.file)
     if target_cfg.kind in PAPER_TARGETS:
         spec["data"] = data_spec(data_cfg)
     return spec
