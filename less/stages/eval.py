@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from less.cache import to_plain, write_json_atomic
-from less.data.sources import file_stamp
-from less.data.sources import data_spec
+from less.data.sources import data_spec, file_stamp
 from less.graph import Context, Inputs, Stage
 from less.models import local_files_stamp, model_spec
 from less.results import flatten_metrics
