@@ -141,14 +141,17 @@ def load_tokenizer(model_cfg: DictConfig, source: str):
     return tok
 
 
-def load_model(model_cfg: DictConfig, source: str, device: "torch.device"):
+def load_model(model_cfg: DictConfig, source: str, device: "torch.device", dtype: str | None = None):
+    """The model in ``dtype`` (default ``model.dtype``; training passes ``warmup.dtype`` /
+    ``train.dtype``: float32 weights under bf16 autocast, as the reference trains)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    if model_cfg.dtype not in DTYPES:
-        raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {model_cfg.dtype!r}")
+    dtype = dtype or model_cfg.dtype
+    if dtype not in DTYPES:
+        raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=getattr(torch, model_cfg.dtype),
+        source, dtype=getattr(torch, dtype),
         trust_remote_code=bool(model_cfg.trust_remote_code),
         attn_implementation=model_cfg.get("attn_implementation") or None)
     return model.to(device)

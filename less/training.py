@@ -114,6 +114,7 @@ def fit(model, tokenizer, enc: Encoded, cfg: DictConfig, out_dir: Path, seed: in
         warmup_steps=float(cfg.warmup_ratio),  # transformers 5: a value below 1 is a ratio
         weight_decay=cfg.weight_decay,
         bf16=bool(cfg.bf16),
+        optim=cfg.get("optim") or "adamw_torch",
         gradient_checkpointing=bool(cfg.gradient_checkpointing),
         save_strategy="epoch" if save_every_epoch else "no",
         save_only_model=False,

@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 from less.errors import ConfigError
 from less.gradients.store import DTYPES
 from less.graph import STEPS
+from less.models import DTYPES as MODEL_DTYPES
 from less.selection import registry
 
 
@@ -28,6 +29,7 @@ def validate(cfg: DictConfig) -> None:
         _check(node.batch_size % node.per_device_batch_size == 0,
                f"{name}.batch_size ({node.batch_size}) must be a multiple of "
                f"{name}.per_device_batch_size ({node.per_device_batch_size})")
+        _check(node.get("dtype") in MODEL_DTYPES, f"{name}.dtype must be one of {sorted(MODEL_DTYPES)}, got {node.get('dtype')!r}")
     _check(t.mode in ("lora", "full"), f"train.mode must be lora or full, got {t.mode!r}")
     _check(ds.gradient_type in ("adam", "sgd"), f"datastore.gradient_type must be adam or sgd, got {ds.gradient_type!r}")
     if isinstance(ds.projection, str):

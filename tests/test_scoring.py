@@ -62,6 +62,23 @@ def test_ranking_and_how_many_are_selected():
     assert n_selected(len(scores), 0.2, None, n_pool=20) == 4  # a fraction of the whole pool
     assert n_selected(len(scores), 1.0, None, n_pool=20) == 10  # capped at the scored rows
     assert sorted(order.tolist()) == list(range(10))
+    # floored as the reference's write_selected_data (int(p * total)): 5% of the 270,679-example pool
+    assert n_selected(270_679, 0.05, None) == int(0.05 * 270_679) == 13_533
+    assert n_selected(100, 0.29, None) == int(0.29 * 100) == 28  # its float rounding included
+
+
+def test_warmup_subset_is_the_references_permutation():
+    """less/data_selection/get_training_dataset.py: temp_seed(42), np.random.permutation, first
+    int(N * percentage), in permutation order."""
+    from less.stages.warmup import warmup_indices
+
+    for n_pool, frac in ((270_679, 0.05), (240, 0.05), (37, 0.05)):
+        state = np.random.get_state()
+        np.random.seed(42)
+        expected = np.random.permutation(n_pool)[:int(n_pool * frac)]
+        np.random.set_state(state)
+        assert warmup_indices(n_pool, frac, 42) == expected.tolist()
+    assert len(warmup_indices(10, 0.05, 42)) == 1  # at least one
 
 
 def test_top_k_partial_sort_equals_full_sort():

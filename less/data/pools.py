@@ -146,6 +146,9 @@ def cap(rows: list[Example], n: int | None, seed: int, name: str) -> list[Exampl
     return [rows[i] for i in keep]
 
 
+LESS_DATA_ORDER = ("flan_v2", "cot", "dolly", "oasst1")
+
+
 def less_data(pool_cfg: DictConfig, data_cfg: DictConfig) -> list[Example]:
     """The processed pool as published (princeton-nlp/less_data): train/processed/<source>/*.jsonl."""
     if pool_cfg.get("path"):
@@ -156,6 +159,9 @@ def less_data(pool_cfg: DictConfig, data_cfg: DictConfig) -> list[Example]:
         root = data_root(data_cfg, "the processed LESS pool", ["train/processed/*/*.jsonl"])
     files = sorted(root.glob("train/processed/*/*.jsonl")) or sorted(root.glob("*/*.jsonl")) \
         or sorted(root.glob("*.jsonl"))
+    # the reference's train_files order (warmup_lora_train.sh), which its warmup permutation indexes
+    order = {s: i for i, s in enumerate(LESS_DATA_ORDER)}
+    files.sort(key=lambda f: (order.get(f.parent.name if f.parent != root else f.stem, len(order)), str(f)))
     if not files:
         raise DataError(f"{root}: no processed pool JSONL files (expected train/processed/<source>/*.jsonl)")
     out = []

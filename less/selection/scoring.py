@@ -47,9 +47,10 @@ def less_scores(pool: Sequence, target: Sequence[np.ndarray], weights: np.ndarra
 
 
 def n_selected(n_scored: int, fraction: float | None, k: int | None, n_pool: int | None = None) -> int:
-    """How many to select: ``k``, or ``fraction`` of ``n_pool`` (the whole pool, default: the
-    scored rows), at least one and at most the scored rows."""
-    n_sel = int(k) if k is not None else int(round(fraction * (n_pool if n_pool is not None else n_scored)))
+    """How many to select: ``k``, or ``int(fraction * n_pool)`` (floored, as the reference's
+    ``write_selected_data``; ``n_pool`` is the whole pool, default: the scored rows), at least one
+    and at most the scored rows."""
+    n_sel = int(k) if k is not None else int(fraction * (n_pool if n_pool is not None else n_scored))
     return max(1, min(n_sel, n_scored))
 
 

@@ -27,7 +27,7 @@ def build(ctx: Context, inputs: Inputs, out: Path) -> None:
     enc = encode_examples(read_examples(selected), tok, t.max_length, chat_format=cfg.chat_format)
     if not len(enc):
         raise DataError(f"{selected}: no trainable example ({dict(enc.dropped)})")
-    model = load_model(cfg.model, src, ctx.device)
+    model = load_model(cfg.model, src, ctx.device, dtype=t.dtype)
     if t.mode == "lora":
         model = get_peft_model(model, lora_config(t.lora))
     metrics = fit(model, tok, enc, t, out / "trainer", cfg.seed, save_every_epoch=False, device=ctx.device)

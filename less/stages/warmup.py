@@ -25,6 +25,13 @@ def needs_gradients(ctx: Context) -> bool:
     return ctx.method.needs == "gradients"
 
 
+def warmup_indices(n_pool: int, fraction: float, seed: int) -> list[int]:
+    """The reference's ``load_raw_dataset``: the first ``int(n_pool * fraction)`` (at least one) of
+    a legacy-NumPy permutation seeded with ``seed`` (its ``sample_data_seed``, 42), in that order."""
+    n = max(1, int(fraction * n_pool))
+    return np.random.RandomState(seed).permutation(n_pool)[:n].tolist()
+
+
 def build_warmup(ctx: Context, inputs: Inputs, out: Path) -> None:
     from peft import get_peft_model
 
@@ -32,15 +39,14 @@ def build_warmup(ctx: Context, inputs: Inputs, out: Path) -> None:
 
     cfg, w = ctx.cfg, ctx.cfg.warmup
     pool = read_examples(inputs["pool"].dir / "pool.jsonl")
-    rng = np.random.default_rng(cfg.seed)
-    n = max(1, int(round(w.fraction * len(pool))))
-    subset = [pool[i] for i in sorted(rng.choice(len(pool), n, replace=False))]
+    subset = [pool[i] for i in warmup_indices(len(pool), w.fraction, w.sample_seed)]
+    n = len(subset)
     src = source(ctx, inputs, "selector")
     tok = load_tokenizer(ctx.selector, src)
     enc = encode_examples(subset, tok, w.max_length, chat_format=cfg.chat_format)
     if not len(enc):
         raise DataError(f"warmup subset of {n} examples has no trainable example ({dict(enc.dropped)})")
-    model = get_peft_model(load_model(ctx.selector, src, ctx.device), lora_config(w.lora))
+    model = get_peft_model(load_model(ctx.selector, src, ctx.device, dtype=w.dtype), lora_config(w.lora))
     metrics = fit(model, tok, enc, w, out / "trainer", cfg.seed, save_every_epoch=True, device=ctx.device)
     ckpts = sorted((out / "trainer").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     if len(ckpts) != w.epochs:
