@@ -89,17 +89,24 @@ def dsir_weights(pool: Sequence[Example], target: Sequence[Example], buckets: in
                  target_smoothing: float = 1.0, chunk: int = 8192) -> np.ndarray:
     """log importance weights: sum over an example's hashed n-grams of log p_target - log p_pool,
     with p the bucket frequencies of the target (plus ``target_smoothing`` per bucket) and of the
-    pool. The pool is hashed ``chunk`` examples at a time into sparse count matrices."""
+    pool. The pool is hashed ``chunk`` examples at a time; each chunk's sparse counts are kept in
+    compact form (uint16 buckets and counts where they fit: 4 bytes per distinct n-gram bucket of
+    an example) until the pool's frequencies are known."""
     hv = ngram_vectorizer(buckets)
     t = np.asarray(hv.transform([example_text(ex) for ex in target]).sum(0), dtype=np.float64).ravel()
     t += target_smoothing
     blocks, q = [], np.zeros(buckets)
     for s in range(0, len(pool), chunk):
         x = hv.transform([example_text(ex) for ex in pool[s: s + chunk]])
-        q += np.asarray(x.sum(0), dtype=np.float64).ravel()
-        blocks.append(x)
+        q += np.bincount(x.indices, weights=x.data, minlength=buckets)
+        counts = x.data.astype(np.uint16 if x.nnz == 0 or x.data.max() < 2**16 else np.uint32)
+        blocks.append((np.diff(x.indptr), x.indices.astype(np.uint16 if buckets <= 2**16 else np.int32), counts))
     log_diff = np.log(t / t.sum() + DSIR_EPS) - np.log(q / max(q.sum(), 1.0) + DSIR_EPS)
-    return np.concatenate([x.astype(np.float64) @ log_diff for x in blocks]) if blocks else np.zeros(0)
+    out = []
+    for lengths, indices, counts in blocks:  # each row's sum of count x log ratio
+        rows = np.repeat(np.arange(len(lengths)), lengths)
+        out.append(np.bincount(rows, weights=counts * log_diff[indices], minlength=len(lengths)))
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def dsir_scores(pool: Sequence[Example], target: Sequence[Example], buckets: int = 10000,
