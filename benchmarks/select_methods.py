@@ -57,7 +57,8 @@ def words(rng: np.random.Generator, n: int) -> list[str]:
 class TextMaker:
     def __init__(self, seed: int):
         self.rng = np.random.default_rng(seed)
-        self.vocab = np.array(words(self.rng, VOCAB) + [",", ".", "?", "!", ":", "(", ")", "'s", "1", "42"], dtype=object)
+        punct = [",", ".", "?", "!", ":", "(", ")", "'s", "1", "42"]
+        self.vocab = np.array(words(self.rng, VOCAB) + punct, dtype=object)
         rank = np.arange(1, VOCAB + 1)
         p = 1.0 / rank ** 1.05
         self.cdf = np.cumsum(np.concatenate([p / p.sum() * 0.9, np.full(10, 0.01)]))
@@ -95,7 +96,8 @@ def write_target(path: Path, n_subtasks: int, per_subtask: int, seed: int = 1) -
                     {"role": "user", "content": q}, {"role": "assistant", "content": "The answer is: A"}]}) + "\n")
 
 
-def write_rows(path: Path, n: int, dim: int, seed: int, dtype=np.float32, unit: bool = False, centers: int = 64) -> None:
+def write_rows(path: Path, n: int, dim: int, seed: int, dtype=np.float32, unit: bool = False,
+               centers: int = 64) -> None:
     """Clustered rows (a mixture of Gaussians), chunk by chunk through plain file writes."""
     from less.gradients.store import NpyRowWriter
 
@@ -215,7 +217,8 @@ def main() -> None:
         raise SystemExit("writing the benchmark data failed")
     shape = NpyRows(d / "representations" / "pool.npy").shape
     if shape != (a.rows, a.dim):
-        raise SystemExit(f"{d} holds {shape[0]} x {shape[1]} representations, not {a.rows} x {a.dim}: use another --dir")
+        raise SystemExit(f"{d} holds {shape[0]} x {shape[1]} representations, not {a.rows} x {a.dim}: "
+                         "use another --dir")
     size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 2**30
     print(f"data: {d} ({size:.1f} GiB), ready in {time.perf_counter() - t:.0f} s; {a.rows:,} pool rows, "
           f"representations {a.dim}-dim float32" + (f", datastore {a.grad_dim}-dim float16" if a.grad_dim else ""))

@@ -184,7 +184,8 @@ def test_pooling_takes_the_last_unmasked_position_on_either_padding_side():
     left = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]])
     assert torch.equal(embed.pool_hidden(hidden, right, "last"), hidden[[0, 1], [2, 4]])
     assert torch.equal(embed.pool_hidden(hidden, left, "last"), hidden[[0, 1], [4, 4]])
-    assert torch.allclose(embed.pool_hidden(hidden, left, "mean"), torch.stack([hidden[0, 2:].mean(0), hidden[1, 1:].mean(0)]))
+    means = torch.stack([hidden[0, 2:].mean(0), hidden[1, 1:].mean(0)])
+    assert torch.allclose(embed.pool_hidden(hidden, left, "mean"), means)
 
 
 def test_representations_equal_batch_size_one(tiny_model_dir, tiny_model_cfg, tiny_tokenizer):
@@ -263,7 +264,8 @@ def test_methods_through_the_pipeline(sweep):
         assert sweep[m]["selection"]["target_share"] > 2 * sweep[m]["selection"]["base_share"], m
     assert sweep["full"]["selection"]["n_selected"] == 600
     for m, res in sweep.items():  # rds and kcenter take representations from the last warmup checkpoint
-        assert ("warmup" in res["stages"]) == (m in ("less", "rds", "kcenter")) and ("datastore" in res["stages"]) == (m == "less")
+        assert ("warmup" in res["stages"]) == (m in ("less", "rds", "kcenter"))
+        assert ("datastore" in res["stages"]) == (m == "less")
         assert ("representations" in res["artifacts"]) == (m in ("rds", "kcenter"))
         rows = open(res["selection"]["ranking"]).read().splitlines()
         assert rows[0] == "rank,id,source,score" and len(rows) == 601
@@ -313,7 +315,8 @@ def test_representations_stage_model_and_pooling(sweep, shared_cache, tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("selection=rds selection.rds.pooling=foo", "selection.rds.pooling must be one of ['last', 'mean'], got 'foo'"),
-    ("selection=kcenter selection.kcenter.model=bar", "selection.kcenter.model must be one of ['warmup', 'base'], got 'bar'"),
+    ("selection=kcenter selection.kcenter.model=bar",
+     "selection.kcenter.model must be one of ['warmup', 'base'], got 'bar'"),
     ("selection=kcenter selection.kcenter.dim=0", "selection.kcenter.dim must be a positive integer, got 0"),
     ("selection=dsir selection.dsir.resample=maybe", "selection.dsir.resample must be true or false, got 'maybe'"),
     ("selection=dsir selection.dsir.target_smoothing=-1", "selection.dsir.target_smoothing must be a number >= 0"),

@@ -150,7 +150,8 @@ def check_dsir(cfg: DictConfig) -> None:
         raise ConfigError(f"selection.dsir.buckets must be a positive integer, got {d.buckets!r}")
     if not isinstance(d.resample, bool):
         raise ConfigError(f"selection.dsir.resample must be true or false, got {d.resample!r}")
-    if isinstance(d.target_smoothing, bool) or not isinstance(d.target_smoothing, (int, float)) or d.target_smoothing < 0:
+    ts = d.target_smoothing
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or ts < 0:
         raise ConfigError(f"selection.dsir.target_smoothing must be a number >= 0, got {d.target_smoothing!r}")
 
 
