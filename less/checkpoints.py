@@ -56,6 +56,18 @@ def warmup_checkpoints(warmup_dir: Path, ds: DictConfig) -> list[dict[str, Any]]
     return [have[e] for e in wanted]
 
 
+def last_checkpoint(warmup_dir: Path) -> Path:
+    """The directory of a warmup run's last checkpoint (highest epoch in ``warmup.json``, else the
+    highest-numbered ``checkpoint-*/`` of an external run)."""
+    if (warmup_dir / "warmup.json").is_file():
+        entries = json.loads((warmup_dir / "warmup.json").read_text())["checkpoints"]
+        return warmup_dir / max(entries, key=lambda e: e["epoch"])["dir"]
+    dirs = sorted(warmup_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if not dirs:
+        raise DataError(f"{warmup_dir}: no checkpoint-* directories (set by datastore.warmup_dir)")
+    return dirs[-1]
+
+
 def _recorded_lr(ckpt: Path, epoch: int) -> float | None:
     if (ckpt / CHECKPOINT_META).is_file():
         return json.loads((ckpt / CHECKPOINT_META).read_text())["avg_lr"]

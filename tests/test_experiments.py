@@ -106,16 +106,17 @@ def test_plan_applies_the_same_rules_as_a_run(default_run, shared_cache, tmp_pat
 
 
 def test_a_cached_step_does_not_rebuild_its_inputs(shared_cache, tmp_path):
-    """rds: the representations are an input of select; once select is cached they are not needed."""
+    """rds (base-model representations, so no warmup): the representations are an input of select;
+    once select is cached they are not needed."""
     import shutil
 
     cache = linked_cache(shared_cache, tmp_path / "cache", kinds=("model", "pool", "target"))
-    first = run_pipeline(["selection=rds", "stages=[prepare,select]"], cache, tmp_path / "a")
+    first = run_pipeline(["selection=rds", "selection.rds.model=base", "stages=[prepare,select]"], cache, tmp_path / "a")
     assert not first["artifacts"]["representations"]["cached"]
     shutil.rmtree(first["artifacts"]["representations"]["dir"])
-    again = run_pipeline(["selection=rds", "stages=[prepare,select]"], cache, tmp_path / "b")
+    again = run_pipeline(["selection=rds", "selection.rds.model=base", "stages=[prepare,select]"], cache, tmp_path / "b")
     assert again["stages"]["select"]["cached"] and "representations" not in again["artifacts"]
-    plan = run_pipeline(["selection=rds", "stages=[prepare,select]", "plan=true"], cache, tmp_path / "c")
+    plan = run_pipeline(["selection=rds", "selection.rds.model=base", "stages=[prepare,select]", "plan=true"], cache, tmp_path / "c")
     assert plan["stages"] == {"prepare": "cached", "select": "cached"}
 
 

@@ -69,6 +69,37 @@ class NpyRows:
         return x.reshape((n, *self.shape[1:]))
 
 
+class NpyRowWriter:
+    """A 2-D ``.npy`` file filled row by row, in any order, with plain file writes (written rows do
+    not stay in the process's resident memory, as a memory map's dirty pages would); ``close``
+    checks that every row was written exactly once."""
+
+    def __init__(self, path: Path, n_rows: int, width: int, dtype=np.float32):
+        self.path, self.n_rows, self.width, self.dtype = Path(path), n_rows, width, np.dtype(dtype)
+        self.fh = open(self.path, "wb+")
+        np.lib.format.write_array_header_1_0(self.fh, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                       "fortran_order": False, "shape": (n_rows, width)})
+        self.offset = self.fh.tell()
+        self.fh.truncate(self.offset + n_rows * width * self.dtype.itemsize)
+        self.written = np.zeros(n_rows, dtype=bool)
+
+    def write(self, rows, values: np.ndarray) -> None:
+        values = np.ascontiguousarray(values, dtype=self.dtype)
+        if values.shape != (len(rows), self.width):
+            raise ValueError(f"{self.path}: expected {(len(rows), self.width)} values, got {values.shape}")
+        for r, i in enumerate(rows):
+            if self.written[i]:
+                raise ValueError(f"{self.path}: row {i} written twice")
+            self.fh.seek(self.offset + int(i) * self.width * self.dtype.itemsize)
+            self.fh.write(values[r].tobytes())
+            self.written[i] = True
+
+    def close(self) -> None:
+        self.fh.close()
+        if not self.written.all():
+            raise RuntimeError(f"{self.path}: {int((~self.written).sum())} of {self.n_rows} rows never written")
+
+
 class FeatureArray:
     """Read-only (rows, dim) float32 view of a stored feature array, decoded slice by slice."""
 

@@ -72,10 +72,11 @@ def ranking_order(scores: np.ndarray) -> np.ndarray:
 
 def aggregate(similarity, subtasks: Sequence[str], reduce: str = "max") -> np.ndarray:
     """score = reduce over subtasks of the mean of ``similarity(target indices)`` over the subtask's
-    target examples (``similarity`` returns (N, len(ix)) or, already averaged, (N,))."""
-    per_sub = []
-    for ix in subtask_groups(subtasks).values():
+    target examples (``similarity`` returns (N, len(ix)) or, already averaged, (N,)); reduced as
+    the subtasks come, so memory is two score vectors whatever the number of subtasks."""
+    out, groups = None, subtask_groups(subtasks)
+    for ix in groups.values():
         sim = similarity(ix)
-        per_sub.append(sim.mean(axis=1) if sim.ndim == 2 else sim)
-    stack = np.stack(per_sub, 1)
-    return stack.max(1) if reduce == "max" else stack.mean(1)
+        sim = np.asarray(sim.mean(axis=1) if sim.ndim == 2 else sim, dtype=np.float64)
+        out = sim if out is None else (np.maximum(out, sim) if reduce == "max" else out + sim)
+    return out if reduce == "max" else out / len(groups)

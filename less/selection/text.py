@@ -5,19 +5,21 @@ a subtask's target examples, then max over subtasks).
 - random: seeded uniform scores; full: every example;
 - length: the response length (characters of the assistant turns);
 - bm25: target examples as BM25 queries over the pool (bm25s);
-- dsir: DSIR importance weights from hashed unigram+bigram features, log p_target(x) - log p_pool(x)
-  (Xie et al. 2023), top by weight or, with ``resample``, a seeded Gumbel-top-k sample.
+- dsir: DSIR (Xie et al. 2023): importance weights log p_target(x) - log p_pool(x) over hashed
+  unigram+bigram counts, then importance resampling (seeded Gumbel top-k, the default) or the top
+  by weight (``resample: false``).
 """
 
 from __future__ import annotations
 
-import re
-import zlib
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig
 
+from less.errors import ConfigError
 from less.selection.registry import Request, Scored, method
 from less.selection.scoring import aggregate
 
@@ -46,40 +48,74 @@ def length_scores(pool: Sequence[Example]) -> np.ndarray:
 
 def bm25_scores(pool: Sequence[Example], target: Sequence[Example], subtasks: Sequence[str],
                 reduce: str = "max") -> np.ndarray:
+    """BM25 (bm25s, its default Lucene variant) of each target example as a query over the pool,
+    tokenized as ``bm25s.tokenize`` does (lower-cased ``\\w\\w+`` words, no stopwords or stemming).
+    Documents are held as compact int32 token arrays and each subtask's scores are accumulated query
+    by query, so memory is the index plus a few score vectors whatever the number of queries."""
     import bm25s
+    from bm25s.tokenization import Tokenizer
 
+    tok = Tokenizer(lower=True, stopwords=None)
+    docs = [array("i", ids) for ids in tok.streaming_tokenize((example_text(ex) for ex in pool), update_vocab=True)]
     retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize([example_text(ex) for ex in pool], stopwords=None, return_ids=False,
-                                   show_progress=False), show_progress=False)
-    queries = bm25s.tokenize([example_text(ex) for ex in target], stopwords=None, return_ids=False,
-                             show_progress=False)
+    retriever.index((docs, tok.get_vocab_dict()), show_progress=False)
+    del docs
+    # words the pool never uses score nothing (bm25s drops them from a query as well)
+    queries = list(tok.streaming_tokenize([example_text(ex) for ex in target], update_vocab=False))
 
     def sim(ix: np.ndarray) -> np.ndarray:  # (N,) mean over this subtask's queries
-        return np.mean([retriever.get_scores(queries[i]) for i in ix], axis=0)
+        acc = np.zeros(len(pool), dtype=np.float64)
+        for i in ix:
+            acc += retriever.get_scores(queries[i])
+        return acc / len(ix)
 
     return aggregate(sim, subtasks, reduce)
 
 
-WORD = re.compile(r"\w+")
+# DSIR's tokens: nltk's WordPunctTokenizer pattern (runs of word characters, runs of punctuation)
+DSIR_TOKENS = r"\w+|[^\w\s]+"
+DSIR_EPS = 1e-8  # inside both logs, as the DSIR package
 
 
-def hashed_ngrams(text: str, buckets: int) -> np.ndarray:
-    """DSIR features: counts of hashed unigrams and bigrams of the lower-cased words."""
-    words = WORD.findall(text.lower())
-    grams = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
-    ids = np.fromiter((zlib.crc32(g.encode()) % buckets for g in grams), dtype=np.int64, count=len(grams))
-    return np.bincount(ids, minlength=buckets)
+def ngram_vectorizer(buckets: int):
+    """Counts of hashed unigrams and bigrams of the lower-cased tokens, as a sparse matrix."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    return HashingVectorizer(n_features=buckets, ngram_range=(1, 2), token_pattern=DSIR_TOKENS, lowercase=True,
+                             alternate_sign=False, norm=None, dtype=np.float32)
+
+
+def dsir_weights(pool: Sequence[Example], target: Sequence[Example], buckets: int = 10000,
+                 target_smoothing: float = 1.0, chunk: int = 8192) -> np.ndarray:
+    """log importance weights: sum over an example's hashed n-grams of log p_target - log p_pool,
+    with p the bucket frequencies of the target (plus ``target_smoothing`` per bucket) and of the
+    pool. The pool is hashed ``chunk`` examples at a time; each chunk's sparse counts are kept in
+    compact form (uint16 buckets and counts where they fit: 4 bytes per distinct n-gram bucket of
+    an example) until the pool's frequencies are known."""
+    hv = ngram_vectorizer(buckets)
+    t = np.asarray(hv.transform([example_text(ex) for ex in target]).sum(0), dtype=np.float64).ravel()
+    t += target_smoothing
+    blocks, q = [], np.zeros(buckets)
+    for s in range(0, len(pool), chunk):
+        x = hv.transform([example_text(ex) for ex in pool[s: s + chunk]])
+        q += np.bincount(x.indices, weights=x.data, minlength=buckets)
+        counts = x.data.astype(np.uint16 if x.nnz == 0 or x.data.max() < 2**16 else np.uint32)
+        blocks.append((np.diff(x.indptr), x.indices.astype(np.uint16 if buckets <= 2**16 else np.int32), counts))
+    log_diff = np.log(t / t.sum() + DSIR_EPS) - np.log(q / max(q.sum(), 1.0) + DSIR_EPS)
+    out = []
+    for lengths, indices, counts in blocks:  # each row's sum of count x log ratio
+        rows = np.repeat(np.arange(len(lengths)), lengths)
+        out.append(np.bincount(rows, weights=counts * log_diff[indices], minlength=len(lengths)))
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def dsir_scores(pool: Sequence[Example], target: Sequence[Example], buckets: int = 10000,
-                resample: bool = False, seed: int = 0) -> np.ndarray:
-    pool_counts = np.stack([hashed_ngrams(example_text(ex), buckets) for ex in pool]).astype(np.float64)
-    target_counts = sum(hashed_ngrams(example_text(ex), buckets) for ex in target).astype(np.float64)
-    log_p = np.log((target_counts + 1) / (target_counts.sum() + buckets))  # add-one smoothing
-    q = pool_counts.sum(0)
-    log_q = np.log((q + 1) / (q.sum() + buckets))
-    logw = pool_counts @ (log_p - log_q)
-    if resample:  # sampling without replacement proportional to the weights (Gumbel top-k)
+                resample: bool = True, seed: int = 0, target_smoothing: float = 1.0) -> np.ndarray:
+    """DSIR scores: with ``resample`` (DSIR's importance resampling), the log weights plus seeded
+    Gumbel noise, whose top k is a sample of k examples without replacement with probabilities
+    proportional to the weights; else the log weights themselves (top k by weight)."""
+    logw = dsir_weights(pool, target, buckets, target_smoothing)
+    if resample:
         logw = logw + np.random.default_rng(seed).gumbel(size=len(logw))
     return logw
 
@@ -108,7 +144,18 @@ def bm25_method(req: Request) -> np.ndarray:
     return bm25_scores(req.pool, req.target, _subtasks(req), req.selection.subtask_reduce)
 
 
-@method("dsir")
+def check_dsir(cfg: DictConfig) -> None:
+    d = cfg.selection.dsir
+    if not isinstance(d.buckets, int) or isinstance(d.buckets, bool) or d.buckets < 1:
+        raise ConfigError(f"selection.dsir.buckets must be a positive integer, got {d.buckets!r}")
+    if not isinstance(d.resample, bool):
+        raise ConfigError(f"selection.dsir.resample must be true or false, got {d.resample!r}")
+    ts = d.target_smoothing
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or ts < 0:
+        raise ConfigError(f"selection.dsir.target_smoothing must be a number >= 0, got {d.target_smoothing!r}")
+
+
+@method("dsir", check=check_dsir)
 def dsir_method(req: Request) -> np.ndarray:
     d = req.selection.dsir
-    return dsir_scores(req.pool, req.target, d.buckets, d.resample, req.seed)
+    return dsir_scores(req.pool, req.target, d.buckets, d.resample, req.seed, d.target_smoothing)

@@ -20,7 +20,6 @@ from less.models import load_model, load_tokenizer, lora_config, model_spec
 from less.stages.model import source
 
 
-
 def needs_gradients(ctx: Context) -> bool:
     return ctx.method.needs == "gradients"
 
@@ -30,6 +29,15 @@ def warmup_indices(n_pool: int, fraction: float, seed: int) -> list[int]:
     a legacy-NumPy permutation seeded with ``seed`` (its ``sample_data_seed``, 42), in that order."""
     n = max(1, int(fraction * n_pool))
     return np.random.RandomState(seed).permutation(n_pool)[:n].tolist()
+
+
+def needs_warmup(ctx: Context) -> bool:
+    """The warmup run is made for the gradient features (unless they come from a fresh LoRA or an
+    external run) and for representations taken with its last checkpoint (rds/kcenter ``model: warmup``)."""
+    from less.stages.representations import uses_warmup
+
+    ds = ctx.cfg.datastore
+    return (needs_gradients(ctx) and ds.use_warmup and not ds.warmup_dir) or uses_warmup(ctx)
 
 
 def build_warmup(ctx: Context, inputs: Inputs, out: Path) -> None:
@@ -85,7 +93,7 @@ WARMUP = Stage(
     inputs=lambda ctx: {"pool": "pool", "selector": "selector"},
     config=lambda ctx: {"selector": model_spec(ctx.selector), "chat_format": ctx.cfg.chat_format,
                         "warmup": to_plain(ctx.cfg.warmup), "seed": ctx.cfg.seed},
-    applies=lambda ctx: needs_gradients(ctx) and ctx.cfg.datastore.use_warmup and not ctx.cfg.datastore.warmup_dir)
+    applies=needs_warmup)
 
 INIT_ADAPTER = Stage(
     "init_adapter", step="datastore", build=build_init_adapter,
