@@ -56,6 +56,16 @@ def warmup_checkpoints(warmup_dir: Path, ds: DictConfig) -> list[dict[str, Any]]
     return [have[e] for e in wanted]
 
 
+def external_warmup_dir(ds: DictConfig) -> Path | None:
+    """``datastore.warmup_dir`` (an external warmup run), which must exist, or None (ours)."""
+    if not ds.warmup_dir:
+        return None
+    root = Path(ds.warmup_dir).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"{root}: warmup run not found (set by datastore.warmup_dir)")
+    return root
+
+
 def last_checkpoint(warmup_dir: Path) -> Path:
     """The directory of a warmup run's last checkpoint (highest epoch in ``warmup.json``, else the
     highest-numbered ``checkpoint-*/`` of an external run)."""

@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from less.cache import to_plain, write_json_atomic
-from less.checkpoints import CHECKPOINT_META, external_warmup_spec, warmup_checkpoints
+from less.checkpoints import CHECKPOINT_META, external_warmup_dir, external_warmup_spec, warmup_checkpoints
 from less.data.formats import encode_examples, read_examples, write_jsonl
 from less.errors import DataError
 from less.graph import Context, Inputs, Stage
@@ -169,13 +169,7 @@ class SplitFeatures:
 
 
 def _checkpoints_dir(ctx: Context, inputs: Inputs) -> Path:
-    ds = ctx.cfg.datastore
-    if ds.warmup_dir:
-        warm = Path(ds.warmup_dir).expanduser().resolve()
-        if not warm.is_dir():
-            raise DataError(f"{warm}: warmup run not found (set by datastore.warmup_dir)")
-        return warm
-    return inputs["checkpoints"].dir
+    return external_warmup_dir(ctx.cfg.datastore) or inputs["checkpoints"].dir
 
 
 def _work(split: str):

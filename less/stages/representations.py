@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from less.checkpoints import external_warmup_spec, last_checkpoint
+from less.checkpoints import external_warmup_dir, external_warmup_spec, last_checkpoint
 from less.data.formats import encode_examples, read_examples, write_jsonl
 from less.errors import DataError
 from less.graph import Context, Inputs, Stage
@@ -37,13 +37,7 @@ def uses_warmup(ctx: Context) -> bool:
 
 
 def _adapter_dir(ctx: Context, inputs: Inputs) -> Path:
-    ds = ctx.cfg.datastore
-    if ds.warmup_dir:
-        root = Path(ds.warmup_dir).expanduser().resolve()
-        if not root.is_dir():
-            raise DataError(f"{root}: warmup run not found (set by datastore.warmup_dir)")
-        return last_checkpoint(root)
-    return last_checkpoint(inputs["warmup"].dir)
+    return last_checkpoint(external_warmup_dir(ctx.cfg.datastore) or inputs["warmup"].dir)
 
 
 def build(ctx: Context, inputs: Inputs, out: Path) -> None:
