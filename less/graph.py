@@ -33,12 +33,16 @@ Inputs = dict[str, Artifact]  # role -> the input's artifact
 
 class Work(Protocol):
     """Resumable work of a stage that is built in pieces (e.g. feature chunks), possibly by several
-    jobs: ``complete`` says whether every piece exists, ``assemble(out)`` writes the artifact."""
+    jobs: ``complete`` says whether every piece exists, ``assemble(out)`` writes the artifact,
+    ``discard()`` removes the pieces once it exists; ``info`` goes to results.json (``reason`` when
+    incomplete, ``rows_computed``: this job's share)."""
 
     complete: bool
     info: dict[str, Any]
 
     def assemble(self, out: Path) -> None: ...
+
+    def discard(self) -> None: ...
 
 
 class Context:

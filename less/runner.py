@@ -91,14 +91,17 @@ def remove_stale_work(root: Path, key: str) -> None:
     jobs); other hosts' are left alone (their processes cannot be checked from here)."""
     host = process_tag().rsplit("-", 1)[0]
     for d in root.glob(f".work-{key}-{host}-*"):
-        pid = d.name.rsplit("-", 1)[-1]
+        pid = d.name.removesuffix(".lock").rsplit("-", 1)[-1]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
             log.warning("removing %s, left by a job that is gone", d)
-            shutil.rmtree(d, ignore_errors=True)
+            if d.is_dir():
+                shutil.rmtree(d, ignore_errors=True)
+            else:
+                d.unlink(missing_ok=True)
         except PermissionError:  # alive, another user's
             pass
 
@@ -116,6 +119,7 @@ class Runner:
         self._specs: dict[str, dict[str, Any]] = {}
         self.got: dict[str, Artifact | None] = {}
         self.incomplete: dict[str, dict[str, Any]] = {}
+        self.rows_computed: dict[str, int] = {}
         self.results: dict[str, Any] = {"stages": {}, "artifacts": {}}
         self.tracker = NullTracker()
         self._step: list[str] = []  # steps being built (the innermost gets a step-less stage's time)
@@ -210,6 +214,8 @@ class Runner:
             remove_stale_work(root, key)
         seed_everything(s.cache_kind, seed)
         work = s.work(self.ctx, inputs, work_dir)
+        if "rows_computed" in work.info:  # this job's share of shared work
+            self.rows_computed[name] = work.info["rows_computed"]
         if not work.complete and not self.lookup(name).cached:
             self.incomplete[name] = {"stage": name, **work.info}
             log.info("%s: %s", name, work.info.get("reason", "incomplete"))
@@ -219,7 +225,7 @@ class Runner:
             seed_everything(s.cache_kind, seed)
             work.assemble(out)
         art = self.cache.get_or_build(s.cache_kind, self.spec(name), assemble)
-        shutil.rmtree(work_dir, ignore_errors=True)
+        work.discard()
         return art
 
     def _record(self, name: str, art: Artifact | None, seconds: float) -> None:
@@ -227,7 +233,8 @@ class Runner:
         ref = self.lookup(name)
         self.results["artifacts"][name] = {
             "kind": ref.kind, "key": ref.key, "dir": str(ref.dir), "cached": bool(art and art.cached),
-            "seconds": round(seconds, 3), **({"complete": False} if art is None else {})}
+            "seconds": round(seconds, 3), **({"complete": False} if art is None else {}),
+            **({"rows_computed": self.rows_computed[name]} if name in self.rows_computed else {})}
         step = s.step or (self._step[-1] if self._step else None)
         if step not in self.cfg.stages:  # an input taken from the cache: listed under artifacts only
             return

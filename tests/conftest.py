@@ -8,6 +8,7 @@ are kept for what only the command line shows: Hydra's own errors, sweeps, launc
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -69,6 +70,25 @@ def run_cli(args: list[str], cache: Path, out: Path, timeout: int = 900, multiru
     dir_args = [f"hydra.sweep.dir={out}"] if multirun else [f"hydra.run.dir={out}"]
     cmd = [sys.executable, str(ROOT / "run.py"), *(["-m"] if multirun else []), *args, *dir_args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def kill_run(where: str, args: list[str], cache: Path, out: Path) -> subprocess.CompletedProcess:
+    """``python run.py <args>`` SIGKILLed at ``where`` (tests/kill_at.py), with ``logger=none``."""
+    env = {**os.environ, "LESS_CACHE_DIR": str(cache)}
+    return subprocess.run([sys.executable, "-m", "tests.kill_at", where, "logger=none", *args, f"hydra.run.dir={out}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def run_cli_together(jobs: list[list[str]], cache: Path, out: Path, timeout: int = 900) -> list[dict[str, Any]]:
+    """Start ``python run.py <args>`` for each job at once on one cache; their results.json dicts."""
+    env = {**os.environ, "LESS_CACHE_DIR": str(cache)}
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "run.py"), "logger=none", *args, f"hydra.run.dir={out / str(i)}"],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i, args in enumerate(jobs)]
+    for p in procs:
+        log, _ = p.communicate(timeout=timeout)
+        assert p.returncode == 0, log[-3000:]
+    return [json.loads((out / str(i) / "results.json").read_text()) for i in range(len(jobs))]
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ from less.gradients.features import FeatureExtractor, token_budget_batches
 from less.gradients.per_example import per_example_loss
 from less.gradients.projection import RademacherProjector, rademacher_rows
 from less.gradients.store import FeatureArray, quantize
-from tests.conftest import linked_cache, ok, run_cli, run_expecting_error, run_pipeline
+from tests.conftest import kill_run, linked_cache, ok, run_cli, run_cli_together, run_expecting_error, run_pipeline
 from tests.test_gradients import tiny_lora_model, variable_batch
 
 
@@ -266,6 +266,53 @@ def test_shards_under_joblib_equal_one_job_up_to_rounding(unsharded, shared_cach
     res = run_pipeline([*SMALL, "stages=[select]"], cache, tmp_path / "select")
     assert_equal_up_to_rounding(unsharded, res, unsharded["selection"]["n_selected"])
     assert not list(cache.glob("features/.work-*"))
+
+
+POOL_ROWS = 240 * 4  # SMALL's pool x the warmup's 4 checkpoints
+
+
+@pytest.mark.slow
+def test_a_killed_extraction_resumes_under_another_chunk_size(unsharded, shared_cache, tmp_path):
+    """Chunks of 16 rows left by a killed job serve a rerun with chunks of 50 (rows no finished
+    chunk has are computed, the store takes every row once), and the run after that as well."""
+    cache = linked_cache(shared_cache, tmp_path / "cache")
+    proc = kill_run("features:3", [*SMALL, "stages=[prepare,warmup,datastore]"], cache, tmp_path / "killed")
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert len(list(cache.glob("features/.work-*/ckpt1/d1024/*.npy"))) == 3
+    res = run_pipeline([*SMALL, "datastore.chunk_size=50", "stages=[prepare,warmup,datastore,select]"],
+                       cache, tmp_path / "resumed")
+    assert res["artifacts"]["pool_features"]["rows_computed"] == POOL_ROWS - 3 * 16
+    assert_equal_up_to_rounding(unsharded, res, unsharded["selection"]["n_selected"])
+    again = run_pipeline([*SMALL, "datastore.chunk_size=100", "stages=[prepare,warmup,datastore,select]"],
+                         cache, tmp_path / "again")
+    assert again["stages"]["datastore"]["cached"]
+    assert not list(cache.glob("features/.work-*"))
+
+
+@pytest.mark.slow
+def test_two_jobs_share_one_extraction(unsharded, shared_cache, tmp_path):
+    """Two identical jobs started together on one cache: each computes the chunks nobody else has
+    claimed, together every chunk once, and the store equals a single job's."""
+    cache = linked_cache(shared_cache, tmp_path / "cache")
+    jobs = run_cli_together([[*SMALL, "stages=[prepare,warmup,datastore,select]"]] * 2, cache, tmp_path / "jobs")
+    assert sum(j["artifacts"]["pool_features"].get("rows_computed", 0) for j in jobs) == POOL_ROWS
+    for j in jobs:
+        assert j["artifacts"]["datastore"]["key"] == unsharded["artifacts"]["datastore"]["key"]
+        a, b = store_arrays(unsharded), store_arrays(j)
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not list(cache.glob("features/.work-*"))
+
+
+@pytest.mark.slow
+def test_jobs_with_different_chunk_sizes_share_one_extraction(unsharded, shared_cache, tmp_path):
+    """The sweep ``datastore.chunk_size=100,256`` under joblib, as two jobs started together: the
+    rows each claims never overlap, and the store equals a single job's up to rounding."""
+    cache = linked_cache(shared_cache, tmp_path / "cache")
+    jobs = run_cli_together([[*SMALL, f"datastore.chunk_size={c}", "stages=[prepare,warmup,datastore,select]"]
+                             for c in (16, 50)], cache, tmp_path / "jobs")
+    assert sum(j["artifacts"]["pool_features"].get("rows_computed", 0) for j in jobs) == POOL_ROWS
+    for j in jobs:
+        assert_equal_up_to_rounding(unsharded, j, unsharded["selection"]["n_selected"])
 
 
 def test_one_shard_alone_cannot_be_selected_from(shared_cache, tmp_path, capsys):

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from less.graph import Stage
-from tests.conftest import ROOT, compose, linked_cache, ok, run_cli, run_pipeline
+from tests.conftest import ROOT, compose, kill_run, linked_cache, ok, run_cli, run_pipeline
 
 
 def noise(ctx, inputs, out: Path) -> None:
@@ -87,12 +87,6 @@ def test_warmup_in_a_new_process_equals_warmup_built_beside_the_model(default_ru
     assert any(f.endswith("adapter_model.safetensors") for f in files) and any(f.endswith("optimizer.pt") for f in files)
 
 
-def kill_run(where: str, cache: Path, out: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LESS_CACHE_DIR": str(cache)}
-    return subprocess.run([sys.executable, "-m", "tests.kill_at", where, "logger=none", f"hydra.run.dir={out}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-
-
 @pytest.mark.slow
 def test_runs_killed_during_warmup_datastore_and_train_resume_to_a_clean_runs_bytes(default_run, shared_cache,
                                                                                      tmp_path):
@@ -102,7 +96,7 @@ def test_runs_killed_during_warmup_datastore_and_train_resume_to_a_clean_runs_by
     # features: 3 pool chunks x 4 checkpoints, then 1 target chunk x 4; the second kill lands in the
     # target's extraction (7 pool chunks left + 2), whose work directory belongs to the killed job
     for i, where in enumerate(("warmup:6", "features:5", "features:9", "train:5")):
-        proc = kill_run(where, cache, tmp_path / f"killed{i}")
+        proc = kill_run(where, [], cache, tmp_path / f"killed{i}")
         assert proc.returncode == -9, proc.stderr[-3000:]  # SIGKILL, at the point asked for
         stage = where.split(":")[0]
         pattern = {"features:5": "features/.work-*", "features:9": "features/.work-*-*"}.get(where, f"{stage}/.tmp-*")

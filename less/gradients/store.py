@@ -142,31 +142,52 @@ def write_chunk(work: Path, epoch: int, feats: dict[int, np.ndarray], start: int
             save_npy_atomic(p.with_suffix(suffix + ".npy") if suffix else p, arr)
 
 
-def chunk_done(work: Path, epoch: int, dmax: int, start: int, stop: int) -> bool:
-    return chunk_path(work, epoch, dmax, start, stop).is_file()
-
-
-def assemble(work: Path, out: Path, epoch: int, dim: int, n_rows: int, dtype: str) -> str:
-    """Concatenate a (checkpoint, dim)'s chunk files into ``out/ckpt<e>_d<dim>.npy``; the chunks
-    must tile [0, n_rows) exactly (no duplicated or missing rows)."""
+def done_chunks(work: Path, epoch: int, dim: int) -> list[tuple[int, int]]:
+    """Row spans ``[start, stop)`` of the finished chunk files of a (checkpoint, dim), sorted. With
+    the largest dim, these are the finished chunks (of any chunk size: runs with different
+    ``datastore.chunk_size`` may have left them)."""
     d = chunk_dir(work, epoch, dim)
-    spans = sorted((int(m[1]), int(m[2]), d / m[0]) for f in d.iterdir() if (m := CHUNK_RE.match(f.name)))
-    expect = 0
-    for a, b, _ in spans:
-        if a != expect:
-            raise RuntimeError(f"{d}: rows {expect}..{a} missing or overlapping chunks")
-        expect = b
-    if expect != n_rows:
-        raise RuntimeError(f"{d}: chunks cover {expect} of {n_rows} rows")
+    if not d.is_dir():
+        return []
+    return sorted((int(m[1]), int(m[2])) for f in d.iterdir() if (m := CHUNK_RE.match(f.name)))
+
+
+def assembly_plan(work: Path, epoch: int, dmax: int, n_rows: int) -> list[tuple[int, int, int, int]]:
+    """Which rows of which finished chunk make rows ``[0, n_rows)`` of a checkpoint: (first row,
+    last row + 1, chunk start, chunk stop). From each row on, the chunk that has it and reaches
+    furthest gives its rows not given yet (fewest pieces), so chunks of different sizes that
+    overlap (left by runs with different ``chunk_size``) serve as well as an exact tiling; a row no
+    chunk has is an error. One plan (from the largest dim, whose file marks a chunk done) serves
+    every dim."""
+    spans = done_chunks(work, epoch, dmax)
+    parts, pos, i = [], 0, 0
+    while pos < n_rows:
+        best = None
+        while i < len(spans) and spans[i][0] <= pos:
+            if best is None or spans[i][1] > best[1]:
+                best = spans[i]
+            i += 1
+        if best is None or best[1] <= pos:
+            raise RuntimeError(f"{chunk_dir(work, epoch, dmax)}: no chunk has rows {pos}.. of {n_rows}")
+        parts.append((pos, best[1], *best))
+        pos = best[1]
+    return parts
+
+
+def assemble(work: Path, out: Path, epoch: int, dim: int, plan: list[tuple[int, int, int, int]], dtype: str) -> str:
+    """Write a (checkpoint, dim)'s rows into ``out/ckpt<e>_d<dim>.npy`` from its chunk files, as
+    :func:`assembly_plan` says."""
+    n_rows = plan[-1][1]
     name = f"ckpt{epoch}_d{dim}.npy"
-    first = np.load(spans[0][2], mmap_mode="r")
+    paths = [chunk_path(work, epoch, dim, a, b) for _, _, a, b in plan]
+    first = np.load(paths[0], mmap_mode="r")
     dst = np.lib.format.open_memmap(out / name, mode="w+", dtype=first.dtype, shape=(n_rows, first.shape[1]))
     scale = np.lib.format.open_memmap(out / name.replace(".npy", ".scale.npy"), mode="w+", dtype=np.float32,
                                       shape=(n_rows,)) if dtype == "int8" else None
-    for a, b, path in spans:
-        dst[a:b] = np.load(path, mmap_mode="r")
+    for (lo, hi, a, _), path in zip(plan, paths):
+        dst[lo:hi] = np.load(path, mmap_mode="r")[lo - a: hi - a]
         if scale is not None:
-            scale[a:b] = np.load(path.with_suffix(".scale.npy"))
+            scale[lo:hi] = np.load(path.with_suffix(".scale.npy"))[lo - a: hi - a]
     dst.flush()
     del dst
     if scale is not None:

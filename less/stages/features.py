@@ -1,22 +1,26 @@
 """Gradient features of one split (pool: Adam direction or plain gradient; target: plain gradient)
 at every warmup checkpoint: projected, normalised, stored as arrays (see less.gradients).
 
-Extraction is resumable and shardable: rows are computed in fixed chunks written atomically to a
-work directory (``<cache>/features/.work-<key>``); a killed job skips the chunks on disk, and shard
-``i`` of ``n`` computes its contiguous run of chunks. Whichever job finds every chunk present
-assembles the artifact. The pool's work directory is shared by every job with the same key; each
-job extracts the (small) target alone.
+Extraction is resumable and shardable: rows are computed in chunks written atomically to a work
+directory (``<cache>/features/.work-<key>``); a killed job skips the rows on disk (in chunks of any
+size), and shard ``i`` of ``n`` computes its contiguous run of chunks. The pool's work directory
+is shared by every job with the same key: each claims a chunk before computing it
+(less.claims), so concurrent jobs split the work. Whichever job finds every row present
+assembles the artifact. Each job extracts the (small) target alone.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from less.cache import to_plain, write_json_atomic
+from less.claims import Claims, uncovered
 from less.checkpoints import CHECKPOINT_META, external_warmup_dir, external_warmup_spec, warmup_checkpoints
 from less.data.formats import encode_examples, read_examples, write_jsonl
 from less.errors import DataError
@@ -24,6 +28,8 @@ from less.graph import Context, Inputs, Stage
 from less.models import load_model, load_tokenizer, model_spec
 from less.stages.model import source
 from less.stages.warmup import needs_gradients
+
+log = logging.getLogger(__name__)
 
 # Settings that change only how fast or in how many jobs features are made, not what they are
 # (beyond float rounding: see README, "What is reproducible"); they stay out of the key.
@@ -78,39 +84,91 @@ class SplitFeatures:
         meta = self.work / "flat_dim.txt"
         return int(meta.read_text()) if meta.is_file() else None
 
-    def missing(self, shard: int, num_shards: int) -> dict[int, list[tuple[int, int]]]:
-        from less.gradients.store import chunk_done
+    @property
+    def claims(self) -> Claims:
+        return Claims(self.work / "claims", self.work.with_name(self.work.name + ".lock"))
 
-        mine = chunks_of(len(self.enc), self.ds.chunk_size, shard, num_shards)
+    def done(self, epoch: int) -> list[tuple[int, int]]:
+        """Row spans of ``epoch``'s finished chunks (of any chunk size)."""
+        from less.gradients.store import done_chunks
+
         dmax = self.dims[-1] if self.dims else self._flat_dim()
-        return {c["epoch"]: [ch for ch in mine if dmax is None or not chunk_done(self.work, c["epoch"], dmax, *ch)]
+        return [] if dmax is None else done_chunks(self.work, epoch, dmax)
+
+    def missing(self, shard: int, num_shards: int) -> dict[int, list[tuple[int, int]]]:
+        """{epoch: row spans of this shard's chunks that no finished chunk has}."""
+        mine = chunks_of(len(self.enc), self.ds.chunk_size, shard, num_shards)
+        return {c["epoch"]: [s for lo, hi in mine for s in uncovered(self.done(c["epoch"]), lo, hi)]
                 for c in self.ckpts}
 
-    def extract(self, shard: int = 0, num_shards: int = 1) -> None:
-        """Compute every chunk of this shard that is not on disk yet (a killed run resumes here)."""
+    def extract(self, shard: int = 0, num_shards: int = 1, finished=lambda: False) -> None:
+        """Compute every row of this shard that no finished chunk has, sharing the work with any
+        other job on the same work directory: each claims a chunk (or the part of one that nobody
+        has) before computing it (less.claims), and waits for the others' claims on this shard's
+        rows at the end, so that on return this shard's rows are all on disk (a killed job's claims
+        are free again). ``finished()`` says the artifact exists (another job assembled it and
+        removed the work): then there is nothing to do."""
         from tqdm.auto import tqdm
 
         from less.gradients.features import finish
         from less.gradients.store import write_chunk
 
-        todo = self.missing(shard, num_shards)
-        for c in self.ckpts:
-            chunks = todo[c["epoch"]]
-            if not chunks:
-                continue
-            model, ex = self._extractor(self.warmup_dir / c["dir"])
-            self.work.mkdir(parents=True, exist_ok=True)
-            if self.dims is None:
-                (self.work / "flat_dim.txt").write_text(str(ex.total))
-            try:
-                for start, stop in tqdm(chunks, desc=f"{self.split} features epoch {c['epoch']}", leave=False):
-                    x = ex.unscaled(self.enc, list(range(start, stop)))
-                    feats = {d: finish(x[:, :d], bool(self.ds.normalize)).numpy()
-                             for d in (self.dims or [ex.total])}
-                    write_chunk(self.work, c["epoch"], feats, start, stop, self.ds.dtype)
-            finally:
-                ex.close()
-            del model
+        mine = chunks_of(len(self.enc), self.ds.chunk_size, shard, num_shards)
+        claims = self.claims
+        self.info["rows_computed"] = 0
+        while True:
+            for c in self.ckpts:
+                epoch, tag = c["epoch"], f"ckpt{c['epoch']}"
+                model = ex = bar = None
+                try:
+                    while True:
+                        with claims.locked():
+                            if finished():
+                                return
+                            claim = claims.claim(tag, mine, self.done(epoch))
+                        if claim is None:
+                            break
+                        try:
+                            if ex is None:
+                                model, ex = self._extractor(self.warmup_dir / c["dir"])
+                                if self.dims is None:
+                                    (self.work / "flat_dim.txt").write_text(str(ex.total))
+                                left = sum(b - a for a, b in self.missing(shard, num_shards)[epoch])
+                                bar = tqdm(total=left, desc=f"{self.split} features epoch {epoch}", unit="ex",
+                                           leave=False)
+                            x = ex.unscaled(self.enc, list(range(claim.start, claim.stop)))
+                            feats = {d: finish(x[:, :d], bool(self.ds.normalize)).numpy()
+                                     for d in (self.dims or [ex.total])}
+                            write_chunk(self.work, epoch, feats, claim.start, claim.stop, self.ds.dtype)
+                        finally:
+                            claims.release(claim)
+                        self.info["rows_computed"] += claim.stop - claim.start
+                        bar.update(claim.stop - claim.start)
+                finally:
+                    if bar is not None:
+                        bar.close()
+                    if ex is not None:
+                        ex.close()
+                    del model
+            with claims.locked():
+                if finished() or not any(self.missing(shard, num_shards).values()):
+                    return
+                waiting = [(c["epoch"], s) for c in self.ckpts
+                           for s in claims.busy(f"ckpt{c['epoch']}", mine, self.done(c["epoch"]))]
+            if waiting:  # else a job that claimed rows died: the next round claims them
+                e, span = waiting[0]
+                log.info("%s features: waiting for rows %d..%d of epoch %d (claimed by another job)",
+                         self.split, span[0], span[1], e)
+                claims.wait(f"ckpt{e}", span)
+
+    def discard(self) -> None:
+        """Remove the work directory and its lock file (after assembly), under that lock: a job
+        that takes the lock next (or the new lock file, once removed) finds the artifact first
+        (``finished``), never a half-removed directory."""
+        claims = self.claims
+        with claims.locked():
+            shutil.rmtree(self.work, ignore_errors=True)
+            claims.lock.unlink(missing_ok=True)
 
     def _extractor(self, ckpt_dir: Path):
         import torch
@@ -147,16 +205,17 @@ class SplitFeatures:
 
     @property
     def complete(self) -> bool:
-        return all(not v for v in self.missing(0, 1).values()) and (self.dims is not None or bool(self._flat_dim()))
+        return (self.dims is not None or bool(self._flat_dim())) and all(not v for v in self.missing(0, 1).values())
 
     def assemble(self, out: Path) -> None:
         """The final features artifact: one array per (checkpoint, dim), rows in split order."""
-        from less.gradients.store import assemble
+        from less.gradients.store import assemble, assembly_plan
 
         dims = self.dims or [self._flat_dim()]
         entries = []
         for c in self.ckpts:
-            files = {str(d): assemble(self.work, out, c["epoch"], d, len(self.enc), self.ds.dtype) for d in dims}
+            plan = assembly_plan(self.work, c["epoch"], dims[-1], len(self.enc))
+            files = {str(d): assemble(self.work, out, c["epoch"], d, plan, self.ds.dtype) for d in dims}
             entries.append({"epoch": c["epoch"], "avg_lr": c["avg_lr"], "files": files})
         write_jsonl(out / "ids.jsonl", [{"id": i} for i in self.enc.ids])
         write_json_atomic(out / "features.json", {
@@ -178,7 +237,9 @@ def _work(split: str):
         sf = SplitFeatures(ctx.cfg, ctx.selector, source(ctx, inputs, "selector"), ctx.device,
                            _checkpoints_dir(ctx, inputs), inputs["examples"].dir / f"{split}.jsonl", split, work_dir)
         shard, num_shards = (ds.shard, ds.num_shards) if split == "pool" else (0, 1)
-        sf.extract(shard, num_shards)
+        sf.extract(shard, num_shards, finished=lambda: ctx.artifact(f"{split}_features").cached)
+        log.info("%s features: this job computed %d rows (x checkpoints) of %d", split, sf.info["rows_computed"],
+                 len(sf.enc) * len(sf.ckpts))
         if not sf.complete:
             left = sum(len(v) for v in sf.missing(0, 1).values())
             sf.info = {"shard": shard, "num_shards": num_shards, "missing_chunks": left,
