@@ -9,7 +9,6 @@ Task names users write: ``mmlu``, ``tydiqa``, ``bbh`` (any other name goes to lm
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import random
@@ -21,6 +20,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 
+from less.data.formats import read_csv, read_json, read_text
 from less.data.locate import data_root, find
 from less.data.targets import TYDIQA_TEMPLATES
 from less.errors import ConfigError, DataError
@@ -73,8 +73,7 @@ def _group(path: Path, group: str, tasks: list[str], metric: str, weight_by_size
 
 
 def _csv_rows(path: Path) -> list[list[str]]:
-    with open(path, encoding="utf-8", newline="") as fh:
-        rows = list(csv.reader(fh))
+    rows = read_csv(path)
     for i, r in enumerate(rows, 1):
         if len(r) != 6:
             raise DataError(f"{path}:{i}: expected question, 4 choices and an answer, got {len(r)} fields")
@@ -128,8 +127,9 @@ SHOT_SOURCES = ("train", "dval")
 def _squad_by_language(path: Path) -> dict[str, list[dict]]:
     """A TyDiQA-GoldP file in SQuAD layout as {language: [{id, context, question, answers}]} in file
     order, the language being the id's prefix (``english-...``); answers are the gold texts."""
+    doc = read_json(path)
     try:
-        articles = json.loads(path.read_text(encoding="utf-8"))["data"]
+        articles = doc["data"]
         rows = [{"id": qa["id"], "context": para["context"], "question": qa["question"],
                  "answers": [a["text"] for a in qa["answers"]]}
                 for article in articles for para in article["paragraphs"] for qa in para["qas"]]
@@ -231,7 +231,7 @@ def build_tydiqa(root: Path, out: Path, protocol: str, t: DictConfig, tokenizer,
         built.info["shot_source"] = src
     elif protocol == "paper":
         path = find(root, TYDIQA_DVAL, "TyDiQA one-shot exemplars")
-        dval = json.loads(path.read_text(encoding="utf-8"))
+        dval = read_json(path)
         for lang in TYDIQA_CODES:
             if not dval.get(lang):
                 raise DataError(f"{path}: no {lang} exemplar")
@@ -289,13 +289,13 @@ def build_bbh(root: Path, out: Path, protocol: str, per_task: int | None) -> Bui
     rng = random.Random(SEED)
     for f in sorted(data_dir.glob("*.json")):
         name = f.stem
-        examples = json.loads(f.read_text(encoding="utf-8"))["examples"]
+        examples = read_json(f)["examples"]
         rows = rng.sample(examples, min(per_task, len(examples))) if per_task else examples
         prompt_file = prompts / f"{name}.txt"
         if not prompt_file.is_file():
             raise DataError(f"{prompt_file}: BBH CoT prompt not found (set by data.root)")
-        with open(prompt_file, encoding="utf-8") as fh:  # the reference: the file minus its first 2 lines
-            task_prompt = "".join(fh.readlines()[2:]).strip()
+        # the reference: the file minus its first 2 lines
+        task_prompt = "".join(read_text(prompt_file).split("\n", 2)[2:]).strip()
         for r in rows:  # the reference's non-chat prompt: 3 CoT exemplars, then the question
             r["prompt"] = task_prompt + "\n\nQ: " + r["input"] + "\nA:"
         data = _write_jsonl(out / f"bbh_{name}.jsonl", rows)
