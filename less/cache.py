@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,8 +63,12 @@ class Artifact:
 def write_json_atomic(path: Path, obj: Any) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+        os.replace(tmp, path)
+    except BaseException:  # e.g. a full disk: no half-written temporary left beside the file
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager
@@ -83,6 +88,18 @@ class Cache:
 
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
+
+    def tmp_path(self, kind: str, key: str) -> Path:
+        """Where an artifact is built before the rename that makes it visible."""
+        return self.root / kind / f".tmp-{key}"
+
+    def ensure_writable(self) -> None:
+        """Create the root if needed and a probe file in it (then remove it); raises the OSError
+        that a build would meet later (read-only, a path under a file, permissions)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=self.root)
+        os.close(fd)
+        os.unlink(probe)
 
     def lookup(self, kind: str, spec: dict[str, Any]) -> Artifact:
         key = cache_key(kind, spec)
@@ -104,7 +121,7 @@ class Cache:
                 return Artifact(kind, key, final, True)
             # Named by the key alone (we hold its lock), so nothing built inside can depend on which
             # process built it; one left by a killed build of this key is removed first.
-            tmp = self.root / kind / f".tmp-{key}"
+            tmp = self.tmp_path(kind, key)
             if tmp.exists():
                 log.warning("removing %s, left by an interrupted build", tmp)
                 shutil.rmtree(tmp)

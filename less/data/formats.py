@@ -74,7 +74,11 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     rows = []
-    with open(path, "rb") as fh:  # bytes, so that a line that is not UTF-8 can be named
+    try:
+        fh = open(path, "rb")  # bytes, so that a line that is not UTF-8 can be named
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+    with fh:
         for lineno, raw in enumerate(fh, 1):
             try:
                 line = raw.decode("utf-8")
@@ -96,10 +100,14 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     """Write rows to ``path`` atomically (temporary name, then rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:  # e.g. a full disk: no half-written temporary left beside the file
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def validate_example(row: dict[str, Any], where: str) -> None:

@@ -1,0 +1,102 @@
+"""Faults a run meets outside the config: an unwritable cache, a full disk, W&B without a key or a
+network, k beyond the pool, builds killed half-way. Each ends in one line (or a warning), never a
+traceback, and never leaves a half-written artifact that looks complete."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import compose, run_expecting_error
+
+
+def _key(cache: Path, stage: str, overrides: list[str]) -> str:
+    from less.runner import Runner
+
+    return Runner(compose([f"cache_dir={cache}", "logger=none", *overrides], hydra=False), cache / "unused").key(stage)
+
+
+def _refuse_writes_under(monkeypatch, root: Path, code: int) -> None:
+    """Make every os.open that would create or write a file under ``root`` fail with ``code``, as the
+    kernel does for a read-only directory (mode 0555) or file system: as root (tests may run as
+    root, whom a 0555 directory does not stop) the refusal has to be played."""
+    real_open = os.open
+
+    def guarded(path, flags, *args, **kwargs):
+        writes = flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+        if writes and str(Path(os.fsdecode(path)).absolute()).startswith(str(root) + os.sep):
+            raise OSError(code, os.strerror(code), os.fsdecode(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", guarded)
+
+
+def test_cache_dir_under_a_file_is_one_line_naming_the_key(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a directory")
+    cache = tmp_path / "file" / "cache"
+    err = run_expecting_error(["stages=[prepare]"], cache, tmp_path / "out", capsys)
+    assert err.startswith(f"error: cache_dir={cache} is not writable ({tmp_path / 'file'} is a file, not a directory)"), err
+    assert "LESS_CACHE_DIR" in err
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS])
+def test_read_only_cache_dir_is_one_line_before_any_work(code, tmp_path, capsys, monkeypatch):
+    """A cache_dir that exists but cannot be written: stopped up front (before the tiny model or any
+    stage is built), naming cache_dir and the path. As a normal user a 0555 directory is refused
+    by the kernel; as root the refusal is played (see _refuse_writes_under)."""
+    cache = tmp_path / "ro-cache"
+    cache.mkdir()
+    cache.chmod(0o555)
+    if os.geteuid() == 0 or code == errno.EROFS:
+        _refuse_writes_under(monkeypatch, cache, code)
+    try:
+        err = run_expecting_error(["stages=[prepare]"], cache, tmp_path / "out", capsys)
+    finally:
+        cache.chmod(0o755)
+    assert err.startswith(f"error: cache_dir={cache} is not writable ({os.strerror(code)})"), err
+    assert list(cache.iterdir()) == []
+
+
+def _fail_writes(monkeypatch, code: int, with_filename: bool) -> None:
+    """The prepare stage's JSONL writer fails with ``code``, as a full disk (or a read-only one)
+    does half-way through an artifact: after writing part of the file."""
+    from less.data import formats
+
+    def write_jsonl(path, rows):
+        Path(path).write_text("half a file\n")
+        raise OSError(code, os.strerror(code), *([str(path)] if with_filename else []))
+
+    monkeypatch.setattr(formats, "write_jsonl", write_jsonl)
+    monkeypatch.setattr("less.stages.prepare.write_jsonl", write_jsonl)
+
+
+@pytest.mark.parametrize("code,with_filename", [(errno.ENOSPC, False), (errno.EDQUOT, False), (errno.ENOSPC, True)])
+def test_full_disk_is_one_line_naming_what_was_written(code, with_filename, tmp_path, capsys, monkeypatch):
+    """ENOSPC / EDQUOT during a build: one line naming the file (when the error names it) or the
+    artifact being built, exit 2, and nothing left that looks like an artifact."""
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    _fail_writes(monkeypatch, code, with_filename)
+    err = run_expecting_error(["stages=[prepare]"], cache, out, capsys)
+    key = _key(cache, "target", ["stages=[prepare]"])
+    building = cache / "target" / f".tmp-{key}"
+    named = building / "target.jsonl" if with_filename else building
+    assert err.startswith(f"error: {named}: no space left on device"), err
+    assert f"while building the target artifact target/{key}" in err
+    if code == errno.EDQUOT:
+        assert "(Disk quota exceeded)" in err
+    assert not list(cache.rglob(".tmp-*")) and not (cache / "target" / key).exists()
+    assert not (out / "results.json").exists()
+
+
+def test_read_only_file_system_during_a_build_is_one_line(tmp_path, capsys, monkeypatch):
+    cache = tmp_path / "cache"
+    _fail_writes(monkeypatch, errno.EROFS, True)
+    err = run_expecting_error(["stages=[prepare]"], cache, tmp_path / "out", capsys)
+    key = _key(cache, "target", ["stages=[prepare]"])
+    assert err.startswith(f"error: {cache / 'target' / f'.tmp-{key}' / 'target.jsonl'}: not writable "
+                          f"(Read-only file system) while building the target artifact target/{key}"), err
+    assert not list(cache.rglob(".tmp-*"))
