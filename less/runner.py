@@ -404,6 +404,8 @@ class Runner:
         r["config"] = {"name": c.name, "model": c.model.name, "selector": self.ctx.selector.name,
                        "pool": c.pool.name, "target": c.target.name, "stages": list(c.stages)}
         r["wandb"] = {"mode": self.tracker.mode, "dir": self.tracker.dir}
+        if self.tracker.fallback is not None:  # asked for online, logged offline: why
+            r["wandb"].update(requested_mode=self.tracker.requested_mode, fallback=self.tracker.fallback)
         write_json_atomic(self.out_dir / "results.json", r)
         print(summary(r, self.out_dir / "results.json"))
 

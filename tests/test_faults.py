@@ -100,3 +100,72 @@ def test_read_only_file_system_during_a_build_is_one_line(tmp_path, capsys, monk
     assert err.startswith(f"error: {cache / 'target' / f'.tmp-{key}' / 'target.jsonl'}: not writable "
                           f"(Read-only file system) while building the target artifact target/{key}"), err
     assert not list(cache.rglob(".tmp-*"))
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _online_without(tmp_path: Path, shared_cache: Path, env: dict[str, str]):
+    """``logger.mode=online`` in a subprocess with no W&B credentials anywhere (HOME, netrc and
+    W&B's config dir point at an empty directory) and WANDB_MODE=online, so the conftest's
+    WANDB_MODE=offline cannot be what makes it offline."""
+    from tests.conftest import run_cli
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "NETRC": str(home / ".netrc"), "WANDB_CONFIG_DIR": str(home / "wandb-config"),
+           "WANDB_MODE": "online", **env}
+    proc = run_cli(["stages=[prepare,select]", "selection=random", "logger=wandb", "logger.mode=online",
+                    "logger.init_timeout=10"], shared_cache, tmp_path / "out", env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(res["stages"]) == {"prepare", "select"} and res["selection"]["n_selected"] == 30
+    w = res["wandb"]
+    assert (w["mode"], w["requested_mode"]) == ("offline", "online") and list(Path(w["dir"]).glob("run-*.wandb"))
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("W&B:")]
+    assert lines == [f"W&B: {w['fallback']}; logging offline to {w['dir']}, upload later with: wandb sync {w['dir']}"], \
+        proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return w
+
+
+def test_wandb_online_without_an_api_key_continues_offline(tiny_model_dir, shared_cache, tmp_path):
+    w = _online_without(tmp_path, shared_cache, {})
+    assert w["fallback"] == "no API key (set WANDB_API_KEY or run wandb login)"
+
+
+def test_wandb_online_without_network_continues_offline(tiny_model_dir, shared_cache, tmp_path):
+    url = f"http://127.0.0.1:{_closed_port()}"
+    w = _online_without(tmp_path, shared_cache, {"WANDB_API_KEY": "a" * 40, "WANDB_BASE_URL": url})
+    assert w["fallback"].startswith(f"cannot reach {url} ("), w
+
+
+def test_wandb_init_that_fails_online_falls_back_offline(tmp_path, monkeypatch, capsys):
+    """Key and host look fine but wandb.init online raises (say the server refuses the key):
+    one line, then the run logs offline."""
+    import wandb
+
+    import less.tracking as tracking
+
+    real_init = wandb.init
+
+    def init(*args, mode=None, **kwargs):
+        if mode == "online":
+            raise wandb.errors.CommError("server said no\nsecond line")
+        return real_init(*args, mode=mode, **kwargs)
+
+    monkeypatch.setattr(tracking, "online_problem", lambda cfg: None)
+    monkeypatch.setattr(wandb, "init", init)
+    cfg = compose(["logger=wandb", "logger.mode=online"], hydra=False).logger
+    t = tracking.WandbTracker(cfg, {"x": 1}, tmp_path, name="test")
+    try:
+        assert (t.mode, t.requested_mode, t.fallback) == ("offline", "online", "wandb.init failed (CommError: server said no)")
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("W&B:")]
+        assert err == [f"W&B: {t.fallback}; logging offline to {t.dir}, upload later with: wandb sync {t.dir}"]
+    finally:
+        t.finish()
