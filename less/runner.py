@@ -119,6 +119,14 @@ def _why_not_writable(e: OSError, root: Path) -> str:
     return e.strerror or type(e).__name__
 
 
+def _warnings_in(part: Any) -> list[str]:
+    """The strings under every ``warnings`` key of a stage's report."""
+    if not isinstance(part, dict):
+        return []
+    found = [str(w) for w in part.get("warnings") or []]
+    return found + [w for k, v in part.items() if k != "warnings" for w in _warnings_in(v)]
+
+
 def _within(path: Path, roots: list[Path]) -> bool:
     path = Path(os.path.abspath(path))
     return any(path == r or r in path.parents for r in roots)
@@ -359,14 +367,21 @@ class Runner:
 
     # -- what a run reports -------------------------------------------------------------------------
     def _report(self) -> None:
+        warnings: list[str] = []  # every stage's report's "warnings", wherever they sit in it
         for name, s in self.graph.items():
             art = self.got.get(name)
             if art is None or s.report is None:
                 continue
             part = s.report(self.ctx, art)
+            warnings += _warnings_in(part)
             merge(self.results, part)
             if s.track is not None:
                 s.track(self.ctx, art, part, self.tracker)
+        self.results["warnings"] = warnings
+        for w in warnings:
+            log.warning(w)
+        if warnings:
+            self.tracker.summary({"warnings": warnings})
         self.tracker.log({f"stages/{n}/seconds": s["seconds"] for n, s in self.results["stages"].items()})
 
     def _params(self) -> dict[str, int | None]:

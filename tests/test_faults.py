@@ -169,3 +169,21 @@ def test_wandb_init_that_fails_online_falls_back_offline(tmp_path, monkeypatch, 
         assert err == [f"W&B: {t.fallback}; logging offline to {t.dir}, upload later with: wandb sync {t.dir}"]
     finally:
         t.finish()
+
+
+def test_k_beyond_the_pool_is_a_warning_in_results_and_summary(tiny_model_dir, shared_cache, tmp_path, capsys):
+    """selection.k larger than the ranked pool (600 synthetic examples) selects the whole pool and
+    says so: selection.json, results.json ``warnings`` and the printed summary, built or cached."""
+    from tests.conftest import run_pipeline
+
+    msg = "selection.k=700 exceeds the 600 ranked pool examples: the whole pool is selected"
+    for i, cached in enumerate((False, True)):
+        out = tmp_path / f"run{i}"
+        res = run_pipeline(["stages=[prepare,select]", "selection=random", "selection.k=700"], shared_cache, out)
+        assert res["stages"]["select"]["cached"] is cached and res["selection"]["n_selected"] == 600
+        assert res["warnings"] == [msg]
+        assert json.loads((out / "results.json").read_text())["warnings"] == [msg]
+        assert f"warning: {msg}" in capsys.readouterr().out.splitlines()
+    assert json.loads((Path(res["stages"]["select"]["dir"]) / "selection.json").read_text())["warnings"] == [msg]
+    res = run_pipeline(["stages=[prepare,select]", "selection=random", "selection.k=600"], shared_cache, tmp_path / "k600")
+    assert res["warnings"] == [] and "warning:" not in capsys.readouterr().out
