@@ -300,12 +300,17 @@ class Runner:
             raise err from e
 
     def open_cache(self) -> None:
-        """Before any work: the cache root must be writable (created if missing)."""
+        """Before any work: the cache root must be writable (created if missing); temporary build
+        directories left by killed builds (their lock free) are removed."""
         try:
             self.cache.ensure_writable()
         except OSError as e:
             raise ConfigError(f"cache_dir={self.cache.root} is not writable ({_why_not_writable(e, self.cache.root)}); "
                               "set cache_dir (or $LESS_CACHE_DIR) to a writable directory") from None
+        n, freed = self.cache.remove_stale_tmp()
+        if n:
+            log.warning("cache: removed %d stale temporary %s (%.1f MB) left by killed builds",
+                        n, "directory" if n == 1 else "directories", freed / 1e6)
 
     def storage_error(self, e: BaseException) -> LessError | None:
         """One line for a full disk (ENOSPC, EDQUOT) or a path that cannot be written (EROFS;

@@ -187,3 +187,47 @@ def test_k_beyond_the_pool_is_a_warning_in_results_and_summary(tiny_model_dir, s
     assert json.loads((Path(res["stages"]["select"]["dir"]) / "selection.json").read_text())["warnings"] == [msg]
     res = run_pipeline(["stages=[prepare,select]", "selection=random", "selection.k=600"], shared_cache, tmp_path / "k600")
     assert res["warnings"] == [] and "warning:" not in capsys.readouterr().out
+
+
+def _hold_lock(lock: Path):
+    """A child process that holds the flock on ``lock`` (as a build under way does) until its
+    stdin closes."""
+    import subprocess
+    import sys
+
+    code = ("import fcntl, sys; fh = open(sys.argv[1], 'a+'); fcntl.flock(fh, fcntl.LOCK_EX); "
+            "print('locked', flush=True); sys.stdin.read()")
+    p = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "locked"
+    return p
+
+
+def test_stale_build_dirs_are_removed_when_a_run_opens_the_cache(tiny_model_dir, shared_cache, tmp_path, caplog):
+    """A killed build's .tmp-<key> (its lock free) goes when the next run opens the cache, stray
+    atomic-write temporaries inside it too; one whose lock a live build holds stays, and so do
+    resumable .work-<key> chunks."""
+    import logging
+
+    from tests.conftest import linked_cache, run_pipeline
+
+    cache = linked_cache(shared_cache, tmp_path / "cache", kinds=("model",))
+    stale = cache / "warmup" / ".tmp-0123456789abcdef"
+    (stale / "checkpoint-1").mkdir(parents=True)
+    (stale / "checkpoint-1" / "adapter.bin").write_bytes(b"x" * 1_500_000)
+    (stale / ".key.json.0a1b2c.tmp").write_text("{")
+    busy = cache / "features" / ".tmp-fedcba9876543210"
+    busy.mkdir(parents=True)
+    (busy / "part.npy").write_bytes(b"y" * 100)
+    work = cache / "features" / ".work-fedcba9876543210"
+    work.mkdir()
+    (work / "chunk-000000.npy").write_bytes(b"z")
+    holder = _hold_lock(cache / "features" / ".fedcba9876543210.lock")
+    caplog.set_level(logging.INFO, logger="less")
+    try:
+        run_pipeline(["stages=[prepare]"], cache, tmp_path / "out")
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+    assert not stale.exists() and (busy / "part.npy").is_file() and (work / "chunk-000000.npy").is_file()
+    said = [r.getMessage() for r in caplog.records if "stale temporary" in r.getMessage()]
+    assert said == ["cache: removed 1 stale temporary directory (1.5 MB) left by killed builds"]
