@@ -1,6 +1,9 @@
 """Local lm-eval tasks for the paper's evaluation protocol (REFERENCE section 3), generated at run
 time into the eval directory with absolute data paths, so they read local files (``data.root``)
-or files downloaded from ``data.hub_repo``.
+or files downloaded from ``data.hub_repo``. The generated folder holds YAML and data only: the
+metric functions (``!function``) sit in templates shipped beside ``task_utils.py``
+(``paper_tydiqa.yaml``, ``paper_bbh.yaml``) that the generated YAMLs include by absolute path,
+so lm-eval imports only the package's own code, never a file from the cache.
 
 ``eval.protocol=paper``: open-instruct's settings as LESS used them (see docs/evaluation.md);
 ``eval.protocol=lm_eval``: lm-eval's built-in prompts and settings, on the same local data.
@@ -12,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,9 @@ PAPER_TASKS = ("mmlu", "tydiqa", "bbh")
 TYDIQA_CODES = {"arabic": "ar", "bengali": "bn", "english": "en", "finnish": "fi", "indonesian": "id",
                 "korean": "ko", "russian": "ru", "swahili": "sw", "telugu": "te"}  # in sorted order
 SEED = 42  # open-instruct's sampling seed for TyDiQA and BBH test examples
+# templates holding the `!function task_utils.<name>` lines, resolved next to them (this package)
+TYDIQA_TEMPLATE = Path(__file__).resolve().with_name("paper_tydiqa.yaml")
+BBH_TEMPLATE = Path(__file__).resolve().with_name("paper_bbh.yaml")
 
 
 def lm_eval_tasks_dir() -> Path:
@@ -55,13 +60,6 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
 
 def _yaml(path: Path, cfg: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False, width=1000))
-
-
-def _function_yaml(path: Path, cfg: dict[str, Any], functions: dict[str, str]) -> None:
-    """YAML with ``!function utils.<name>`` values (lm-eval resolves them next to the file)."""
-    text = yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False, width=1000)
-    text += "".join(f"{k}: !function utils.{v}\n" for k, v in functions.items())
-    path.write_text(text)
 
 
 def _group(path: Path, group: str, tasks: list[str], metric: str, weight_by_size: bool,
@@ -263,7 +261,7 @@ def build_tydiqa(root: Path, out: Path, protocol: str, t: DictConfig, tokenizer,
                    "metric_list": [{"metric": "f1", "aggregation": "mean", "higher_is_better": True},
                                    {"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
                    "metadata": {"version": 1.0}}
-            _function_yaml(out / f"{task}.yaml", cfg, {"process_results": "tydiqa_process_results"})
+            _yaml(out / f"{task}.yaml", {"include": str(TYDIQA_TEMPLATE), **cfg})  # its process_results
         else:  # lm-eval's prompt and metrics on the same sampled questions
             cfg = {"include": str(base), "task": task, "task_alias": lang, "dataset_path": "json",
                    "dataset_name": None, "dataset_kwargs": {"data_files": {"test": data, "train": data}},
@@ -308,7 +306,7 @@ def build_bbh(root: Path, out: Path, protocol: str, per_task: int | None) -> Bui
                    "generation_kwargs": {"until": ["\n\n"], "do_sample": False, "temperature": 0.0, "max_gen_toks": 512},
                    "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
                    "metadata": {"version": 1.0}}
-            _function_yaml(out / f"{task}.yaml", cfg, {"process_results": "bbh_process_results"})
+            _yaml(out / f"{task}.yaml", {"include": str(BBH_TEMPLATE), **cfg})  # its process_results
         else:
             base = lm_eval_tasks_dir() / "bbh" / "cot_fewshot" / f"{name}.yaml"
             _yaml(out / f"{task}.yaml", {"include": str(base), "task": task, "task_alias": name,
@@ -330,7 +328,6 @@ def build_tasks(eval_cfg: DictConfig, data_cfg: DictConfig, out: Path, tokenizer
     if not wanted:
         return []
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(Path(__file__).with_name("task_utils.py"), out / "utils.py")
     root = data_root(data_cfg, f"evaluation data for {wanted}",
                      ["eval/mmlu/**", "eval/tydiqa/**", "eval/bbh/**"])
     built = []
