@@ -124,7 +124,10 @@ class WandbTracker(NullTracker):
 
         self.run = None
         if mode == "online":
-            self.fallback = online_problem(cfg)
+            try:
+                self.fallback = online_problem(cfg)
+            except Exception as e:  # the check itself failed: leave it to wandb.init (and its fallback)
+                log.debug("W&B pre-flight check failed: %r", e)
             if self.fallback is None:
                 try:
                     self.run = init(mode)
