@@ -4,9 +4,10 @@ Every artifact lives at ``<root>/<kind>/<key>/`` where ``key`` is a hash of exac
 depends on plus the keys of its inputs; that config is written beside it as ``key.json``. A builder
 writes into a temporary directory ``.tmp-<key>`` (named by the key alone, so nothing built inside
 depends on which process built it) which is renamed into place only when it finished, so a
-crashed build never leaves something that looks complete; the next build of that key removes it.
-A per-key file lock makes two jobs that need the same missing artifact build it once; the second
-waits and then reuses it.
+crashed build never leaves something that looks complete. A per-key file lock (``.<key>.lock``),
+held for the whole build, makes two jobs that need the same missing artifact build it once; the
+second waits and then reuses it. A killed build's ``.tmp-<key>`` is removed by the next build of
+that key, and by ``remove_stale_tmp`` (a run opening the cache) as soon as its lock is free.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,8 +64,12 @@ class Artifact:
 def write_json_atomic(path: Path, obj: Any) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+        os.replace(tmp, path)
+    except BaseException:  # e.g. a full disk: no half-written temporary left beside the file
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager
@@ -77,6 +83,17 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    for d, _, files in os.walk(root):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(d, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
 class Cache:
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
@@ -84,10 +101,46 @@ class Cache:
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
+    def tmp_path(self, kind: str, key: str) -> Path:
+        """Where an artifact is built before the rename that makes it visible."""
+        return self.root / kind / f".tmp-{key}"
+
+    def ensure_writable(self) -> None:
+        """Create the root if needed and a probe file in it (then remove it); raises the OSError
+        that a build would meet later (read-only, a path under a file, permissions)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=self.root)
+        os.close(fd)
+        os.unlink(probe)
+
     def lookup(self, kind: str, spec: dict[str, Any]) -> Artifact:
         key = cache_key(kind, spec)
         d = self.path(kind, key)
         return Artifact(kind, key, d, d.is_dir())
+
+    def remove_stale_tmp(self) -> tuple[int, int]:
+        """Remove every ``<root>/<kind>/.tmp-<key>`` whose lock nobody holds: left by a killed
+        build (a build under way holds its key's lock, so its directory stays). Best effort: what
+        cannot be removed is logged and left. Returns (directories removed, bytes freed)."""
+        removed = freed = 0
+        for tmp in sorted(self.root.glob("*/.tmp-*")):
+            key = tmp.name[len(".tmp-"):]
+            try:
+                with open(tmp.parent / f".{key}.lock", "a+") as fh:
+                    try:
+                        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except OSError:  # a build of this key is under way
+                        continue
+                    try:
+                        if tmp.is_dir() and not tmp.is_symlink():
+                            size = _tree_bytes(tmp)
+                            shutil.rmtree(tmp)
+                            removed, freed = removed + 1, freed + size
+                    finally:
+                        fcntl.flock(fh, fcntl.LOCK_UN)
+            except OSError as e:
+                log.warning("cache: cannot remove %s (%s)", tmp, e.strerror or e)
+        return removed, freed
 
     def get_or_build(
         self, kind: str, spec: dict[str, Any], build: Callable[[Path], None]
@@ -104,7 +157,7 @@ class Cache:
                 return Artifact(kind, key, final, True)
             # Named by the key alone (we hold its lock), so nothing built inside can depend on which
             # process built it; one left by a killed build of this key is removed first.
-            tmp = self.root / kind / f".tmp-{key}"
+            tmp = self.tmp_path(kind, key)
             if tmp.exists():
                 log.warning("removing %s, left by an interrupted build", tmp)
                 shutil.rmtree(tmp)

@@ -115,5 +115,8 @@ def summary(r: dict[str, Any], path: Path) -> str:
         lines.append(f"stage {name:<9} {s['seconds']:8.1f}s  {state}")
     w = r.get("wandb", {})
     lines.append(f"wandb: {w.get('mode')} run at {w.get('dir')}" if w.get("mode") else "wandb: off")
+    if w.get("fallback"):
+        lines.append(f"wandb: {w.get('requested_mode')} was asked for but {w['fallback']}; upload with: wandb sync {w['dir']}")
+    lines += [f"warning: {x}" for x in r.get("warnings", [])]
     lines.append(f"results: {path}")
     return "\n".join(lines)

@@ -12,10 +12,16 @@ stops the run with one line naming the step to add. The plan is the same walk as
 
 Every run writes ``results.json`` (each stage's report merged, per-step times, accounting) to the
 output directory and prints a short summary (less.results).
+
+Faults of the machine rather than of the config end in one line too (``LessError``): a cache_dir
+that cannot be written is refused before any work; a full disk (ENOSPC, EDQUOT) or a read-only
+path met during the run names the file, or else the artifact being built (whose temporary
+directory the cache removes, so nothing half-written looks complete).
 """
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import logging
@@ -25,14 +31,15 @@ import shutil
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from less.cache import Artifact, Cache, to_plain, write_json_atomic
-from less.errors import CacheMiss, LessError
+from less.errors import CacheMiss, ConfigError, LessError
 from less.graph import STEPS, Context, Stage
 from less.results import accounting, estimate, flatten_metrics, merge, summary
 from less.tracking import NullTracker, make_tracker
@@ -106,6 +113,28 @@ def remove_stale_work(root: Path, key: str) -> None:
             pass
 
 
+def _why_not_writable(e: OSError, root: Path) -> str:
+    """Why ``root`` cannot be made or written: a component that is a file, or the system's reason."""
+    if isinstance(e, (NotADirectoryError, FileExistsError)):
+        for p in [root, *root.parents]:
+            if p.exists() and not p.is_dir():
+                return f"{p} is a file, not a directory"
+    return e.strerror or type(e).__name__
+
+
+def _warnings_in(part: Any) -> list[str]:
+    """The strings under every ``warnings`` key of a stage's report."""
+    if not isinstance(part, dict):
+        return []
+    found = [str(w) for w in part.get("warnings") or []]
+    return found + [w for k, v in part.items() if k != "warnings" for w in _warnings_in(v)]
+
+
+def _within(path: Path, roots: list[Path]) -> bool:
+    path = Path(os.path.abspath(path))
+    return any(path == r or r in path.parents for r in roots)
+
+
 class Runner:
     def __init__(self, cfg: DictConfig, out_dir: Path, graph: tuple[Stage, ...] | None = None, check: bool = True):
         if check:
@@ -123,6 +152,7 @@ class Runner:
         self.results: dict[str, Any] = {"stages": {}, "artifacts": {}}
         self.tracker = NullTracker()
         self._step: list[str] = []  # steps being built (the innermost gets a step-less stage's time)
+        self._failed_in: tuple[Path, str] | None = None  # (directory, what) of the build an exception left
 
     # -- keys -------------------------------------------------------------------------------------
     def applies(self, name: str) -> bool:
@@ -199,21 +229,34 @@ class Runner:
                                 f"run the other shards, then stages=[{s.step}]")
         return inputs
 
+    @contextmanager
+    def _writing(self, path: Path, what: str) -> Iterator[None]:
+        """The block builds ``what`` in ``path``: an exception out of it records both, so that a
+        fault of the file system (a full disk) names them when the error names no file."""
+        try:
+            yield
+        except BaseException:
+            self._failed_in = self._failed_in or (path, what)
+            raise
+
     def _make(self, name: str, inputs: dict[str, Artifact]) -> Artifact | None:
         s, key = self.graph[name], self.key(name)
         seed = self.spec(name)["config"].get("seed")
+        what = f"the {name} artifact {s.cache_kind}/{key}"
         if s.build is not None:
             def build(out: Path) -> None:
                 seed_everything(s.cache_kind, seed)
                 s.build(self.ctx, inputs, out)
-            return self.cache.get_or_build(s.cache_kind, self.spec(name), build)
+            with self._writing(self.cache.tmp_path(s.cache_kind, key), what):
+                return self.cache.get_or_build(s.cache_kind, self.spec(name), build)
         # resumable work outside any lock, then assembly under the artifact's lock
         root = self.cache.root / s.cache_kind
         work_dir = root / (f".work-{key}" if s.shared_work else f".work-{key}-{process_tag()}")
         if not s.shared_work:
             remove_stale_work(root, key)
         seed_everything(s.cache_kind, seed)
-        work = s.work(self.ctx, inputs, work_dir)
+        with self._writing(work_dir, what):
+            work = s.work(self.ctx, inputs, work_dir)
         if "rows_computed" in work.info:  # this job's share of shared work
             self.rows_computed[name] = work.info["rows_computed"]
         if not work.complete and not self.lookup(name).cached:
@@ -224,7 +267,8 @@ class Runner:
         def assemble(out: Path) -> None:
             seed_everything(s.cache_kind, seed)
             work.assemble(out)
-        art = self.cache.get_or_build(s.cache_kind, self.spec(name), assemble)
+        with self._writing(self.cache.tmp_path(s.cache_kind, key), what):
+            art = self.cache.get_or_build(s.cache_kind, self.spec(name), assemble)
         work.discard()
         return art
 
@@ -250,9 +294,65 @@ class Runner:
             rec.update(dir=str(art.dir), key=art.key)  # the step's last stage (graph order) names it
 
     def run(self) -> dict[str, Any]:
+        """Run the configured steps. A fault of the file system (full disk, read-only path) ends
+        as one ``LessError`` line naming the path (see ``storage_error``)."""
+        try:
+            return self._run()
+        except LessError:
+            raise
+        except Exception as e:
+            err = self.storage_error(e)
+            if err is None:
+                raise
+            raise err from e
+
+    def open_cache(self) -> None:
+        """Before any work: the cache root must be writable (created if missing); temporary build
+        directories left by killed builds (their lock free) are removed."""
+        try:
+            self.cache.ensure_writable()
+        except OSError as e:
+            raise ConfigError(f"cache_dir={self.cache.root} is not writable ({_why_not_writable(e, self.cache.root)}); "
+                              "set cache_dir (or $LESS_CACHE_DIR) to a writable directory") from None
+        n, freed = self.cache.remove_stale_tmp()
+        if n:
+            log.warning("cache: removed %d stale temporary %s (%.1f MB) left by killed builds",
+                        n, "directory" if n == 1 else "directories", freed / 1e6)
+
+    def storage_error(self, e: BaseException) -> LessError | None:
+        """One line for a full disk (ENOSPC, EDQUOT) or a path that cannot be written (EROFS;
+        EACCES/EPERM in the cache, the output directory or a build) found in ``e`` or its causes:
+        it names the file the error names, else the directory of the build it came out of, else
+        the output directory. None for anything else."""
+        seen: list[BaseException] = []
+        x: BaseException | None = e
+        while x is not None and not any(x is y for y in seen):
+            seen.append(x)
+            x = x.__cause__ or x.__context__
+        built, what = self._failed_in or (None, "")
+        during = f" while building {what}" if what else ""
+        mine = [self.cache.root, self.out_dir.resolve(), *([built] if built else [])]
+        for x in seen:
+            code = getattr(x, "errno", None) if isinstance(x, OSError) else None
+            text = str(x)
+            full = code in (errno.ENOSPC, errno.EDQUOT) or any(
+                os.strerror(c) in text for c in (errno.ENOSPC, errno.EDQUOT))
+            path = Path(os.fsdecode(x.filename)) if isinstance(x, OSError) and x.filename else built or self.out_dir
+            if full:
+                quota = " (Disk quota exceeded)" if code == errno.EDQUOT or os.strerror(errno.EDQUOT) in text else ""
+                return LessError(f"{path}: no space left on device{quota}{during}; free some space and run the "
+                                 "same command again (finished artifacts are reused)")
+            if code == errno.EROFS or (code in (errno.EACCES, errno.EPERM) and _within(path, mine)):
+                return LessError(f"{path}: not writable ({x.strerror}){during}")
+            if code in (errno.EACCES, errno.EPERM) and isinstance(x, OSError) and x.filename:
+                return LessError(f"{path}: permission denied{during}")
+        return None
+
+    def _run(self) -> dict[str, Any]:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.cfg.plan:
             return self.plan()
+        self.open_cache()
         self.tracker = make_tracker(self.cfg.logger, OmegaConf.to_container(self.cfg, resolve=True), self.out_dir,
                                     name=run_name(self.cfg, self.out_dir))
         try:
@@ -279,14 +379,21 @@ class Runner:
 
     # -- what a run reports -------------------------------------------------------------------------
     def _report(self) -> None:
+        warnings: list[str] = []  # every stage's report's "warnings", wherever they sit in it
         for name, s in self.graph.items():
             art = self.got.get(name)
             if art is None or s.report is None:
                 continue
             part = s.report(self.ctx, art)
+            warnings += _warnings_in(part)
             merge(self.results, part)
             if s.track is not None:
                 s.track(self.ctx, art, part, self.tracker)
+        self.results["warnings"] = warnings
+        for w in warnings:
+            log.warning(w)
+        if warnings:
+            self.tracker.summary({"warnings": warnings})
         self.tracker.log({f"stages/{n}/seconds": s["seconds"] for n, s in self.results["stages"].items()})
 
     def _params(self) -> dict[str, int | None]:
@@ -324,6 +431,8 @@ class Runner:
         r["config"] = {"name": c.name, "model": c.model.name, "selector": self.ctx.selector.name,
                        "pool": c.pool.name, "target": c.target.name, "stages": list(c.stages)}
         r["wandb"] = {"mode": self.tracker.mode, "dir": self.tracker.dir}
+        if self.tracker.fallback is not None:  # asked for online, logged offline: why
+            r["wandb"].update(requested_mode=self.tracker.requested_mode, fallback=self.tracker.fallback)
         write_json_atomic(self.out_dir / "results.json", r)
         print(summary(r, self.out_dir / "results.json"))
 

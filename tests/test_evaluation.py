@@ -316,6 +316,43 @@ def test_lm_eval_protocol_needs_no_train_split_and_its_tasks_load(tmp_path):
     assert len(nav.eval_docs) == 4 and nav.doc_to_text(nav.eval_docs[0]).startswith("Q: navigate question ")
 
 
+@pytest.mark.parametrize("data", ["synthetic", pytest.param("real", marks=needs_data)])
+def test_generated_tasks_hold_no_code_and_use_the_packages_metrics(data, tmp_path):
+    """The task folder is generated inside the cache: it holds no .py file and no ``!function``
+    (lm-eval would import Python from there); the TyDiQA and BBH YAMLs include the package's
+    templates, so lm-eval's own loader resolves process_results to the package's task_utils.py,
+    and the loaded tasks score as those functions do."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    import less.evaluation.task_utils as task_utils
+
+    root = DATA if data == "real" else tmp_path / "data"
+    if data == "synthetic":
+        _tydiqa_root(root)
+        _bbh_root(root)
+    train = _write_train(tmp_path / "train.json", _train_rows(3))
+    out = tmp_path / "tasks"
+    _build(root, out, ["eval.tasks=[tydiqa,bbh]", f"eval.tydiqa.train_file={train}", "eval.tydiqa.per_language=2",
+                       "eval.bbh.per_task=2"])
+    assert [p.name for p in out.rglob("*") if p.suffix not in (".yaml", ".jsonl", ".json")] == []
+    yamls = sorted(out.glob("less_*.yaml"))
+    assert all("!function" not in y.read_text() for y in yamls)
+    package_file = str(Path(task_utils.__file__).resolve())
+    tasks = [y for y in yamls if y.stem not in ("less_tydiqa", "less_bbh")]
+    assert len(tasks) == 9 + (2 if data == "synthetic" else 27)  # languages + BBH tasks
+    for y in tasks:
+        fn = load_yaml(y)["process_results"]
+        assert fn.__name__ == ("tydiqa" if "tydiqa" in y.stem else "bbh") + "_process_results"
+        assert fn.__code__.co_filename == package_file
+    loaded = {name: task for group in get_task_dict(["less_tydiqa", "less_bbh"], TaskManager(
+        include_path=str(out))).values() for name, task in group.items()}
+    doc = {"answers": ["Kigali", "the city of Kigali"]}
+    assert loaded["less_tydiqa_sw"].process_results(doc, ["city of Kigali, Rwanda"]) == \
+        task_utils.tydiqa_process_results(doc, ["city of Kigali, Rwanda"])
+    assert loaded["less_bbh_navigate"].process_results({"target": "(B)"}, ["So the answer is (b)."]) == {"exact_match": 1.0}
+
+
 @pytest.fixture(scope="module")
 def paper_eval(tiny_model_dir, shared_cache, tmp_path_factory):
     """The three tasks on the real data (../shared/data has no TyDiQA train split: a synthetic one)."""

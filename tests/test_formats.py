@@ -123,3 +123,66 @@ def test_prompt_completion_eos_is_optional(tiny_tokenizer):
     _, without = encode_example(ex, tiny_tokenizer, 512, completion_eos=False)
     assert [x for x in with_eos if x != IGNORE_INDEX][-1] == tiny_tokenizer.eos_token_id
     assert tiny_tokenizer.decode([x for x in without if x != IGNORE_INDEX]) == " B"
+
+
+def _with_bad_byte(path, lines: list[bytes], line: int, column: int) -> None:
+    """``lines`` joined by newlines, with byte 0xff put at ``column`` (1-based) of line ``line``."""
+    bad = lines[line - 1]
+    lines[line - 1] = bad[:column - 1] + b"\xff" + bad[column - 1:]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+
+def test_a_non_utf8_byte_names_file_line_and_column(tmp_path):
+    """Every reader of a user's text file (JSONL, JSON, CSV, TSV, prompt text) stops on a byte that
+    is not UTF-8 with file:line and the byte's column, not a UnicodeDecodeError traceback."""
+    from less.data import pools, targets
+
+    rows = [json.dumps({**CHAT, "id": f"c{i}"}).encode() for i in range(9)]
+    jsonl = tmp_path / "pool.jsonl"
+    _with_bad_byte(jsonl, rows, 7, 12)
+    with pytest.raises(DataError) as err:
+        read_examples(jsonl)
+    assert str(err.value) == f"{jsonl}:7: not valid UTF-8 (byte 0xff at column 12)"
+
+    root = tmp_path / "data"  # MMLU dev CSV (targets), CoT TSV and its templates JSON (pools)
+    _with_bad_byte(root / "mmlu" / "dev" / "anatomy_dev.csv", [b"q,a,b,c,d,A"] * 3, 3, 2)
+    with pytest.raises(DataError, match=r"anatomy_dev\.csv:3: not valid UTF-8 \(byte 0xff at column 2\)$"):
+        targets.mmlu(root)
+    _with_bad_byte(root / "tydiqa" / "tydiqa-one-shot.json", [b"{", b'  "english": []', b"}"], 2, 5)
+    with pytest.raises(DataError, match=r"tydiqa-one-shot\.json:2: not valid UTF-8 \(byte 0xff at column 5\)$"):
+        targets.tydiqa(root)
+    cot = root / "cot_flan_v2"
+    cot.mkdir()
+    (cot / "flan_v2_cot_zeroshot_templates.json").write_text(json.dumps({"templates": {"cot_gsm8k": [["{question}", "{answer}"]]}}))
+    _with_bad_byte(cot / "gsm8k_train.tsv", [b"q\ta\tr"] * 4, 4, 3)
+    with pytest.raises(DataError, match=r"gsm8k_train\.tsv:4: not valid UTF-8 \(byte 0xff at column 3\)$"):
+        pools.cot(root, 0)
+    _with_bad_byte(cot / "flan_v2_cot_zeroshot_templates.json", [b"{", b'"templates": {}', b"}"], 2, 1)
+    with pytest.raises(DataError, match=r"templates\.json:2: not valid UTF-8 \(byte 0xff at column 1\)$"):
+        pools.cot(root, 0)
+
+
+def test_eval_data_with_a_non_utf8_byte_is_named(tmp_path):
+    """The evaluation's data files under data.root (BBH tasks and prompts, TyDiQA, MMLU test) too."""
+    from omegaconf import OmegaConf
+
+    from less.evaluation.tasks import build_bbh, build_mmlu, build_tydiqa
+
+    root, out = tmp_path / "data", tmp_path / "tasks"
+    out.mkdir()
+    _with_bad_byte(root / "bbh" / "bbh" / "navigate.json", [b'{"examples":', b' [{"input": "x", "target": "Yes"}]}'], 2, 14)
+    (root / "bbh" / "cot-prompts").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"navigate\.json:2: not valid UTF-8 \(byte 0xff at column 14\)$"):
+        build_bbh(root, out, "paper", None)
+    (root / "bbh" / "bbh" / "navigate.json").write_text(json.dumps({"examples": [{"input": "x", "target": "Yes"}]}))
+    _with_bad_byte(root / "bbh" / "cot-prompts" / "navigate.txt", [b"canary", b"-----", b"Q: x", b"A: y"], 4, 4)
+    with pytest.raises(DataError, match=r"navigate\.txt:4: not valid UTF-8 \(byte 0xff at column 4\)$"):
+        build_bbh(root, out, "paper", None)
+    _with_bad_byte(root / "tydiqa" / "tydiqa-goldp-v1.1-dev.json", [b'{"data":', b"[]}"], 1, 3)
+    with pytest.raises(DataError, match=r"tydiqa-goldp-v1\.1-dev\.json:1: not valid UTF-8 \(byte 0xff at column 3\)$"):
+        build_tydiqa(root, out, "paper", OmegaConf.create({"shot_source": "dval", "per_language": 1}), None)
+    _with_bad_byte(root / "mmlu" / "test" / "anatomy_test.csv", [b"q,a,b,c,d,A"] * 2, 2, 6)
+    (root / "mmlu" / "dev").mkdir()
+    with pytest.raises(DataError, match=r"anatomy_test\.csv:2: not valid UTF-8 \(byte 0xff at column 6\)$"):
+        build_mmlu(root, out, "paper")

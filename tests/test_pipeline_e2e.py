@@ -139,15 +139,23 @@ def _bad_file_cases(tmp_path: Path):
                                                {"role": "assistant", "content": "a"}]})
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "broken.jsonl").write_text(good + "\n{oops\n")
+    lines = [json.dumps({"id": f"r{i}", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+             for i in range(9)]
+    lines[6] = lines[6][:11] + "\udcff" + lines[6][11:]  # byte 0xff at column 12 of line 7 (surrogateescape)
+    (tmp_path / "latin.jsonl").write_bytes("\n".join(lines).encode("utf-8", "surrogateescape") + b"\n")
     return [
         (["pool=jsonl", f"pool.files=[{tmp_path}/empty.jsonl]"], "has no examples"),
         (["pool=jsonl", f"pool.files=[{tmp_path}/broken.jsonl]"], f"{tmp_path}/broken.jsonl:2: malformed JSON"),
         (["pool=jsonl", f"pool.files=[{tmp_path}/missing.jsonl]"], "missing.jsonl: pool file not found (set by pool.files)"),
         (["target=jsonl", f"target.file={tmp_path}/empty.jsonl", "stages=[prepare]"], "has no examples"),
+        (["pool=jsonl", f"pool.files=[{tmp_path}/latin.jsonl]"],
+         f"error: {tmp_path}/latin.jsonl:7: not valid UTF-8 (byte 0xff at column 12)"),
+        (["target=jsonl", f"target.file={tmp_path}/latin.jsonl", "stages=[prepare]"],
+         f"error: {tmp_path}/latin.jsonl:7: not valid UTF-8 (byte 0xff at column 12)"),
     ]
 
 
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", range(6))
 def test_bad_input_files_give_one_line_errors(case, tmp_path, capsys):
     args, needle = _bad_file_cases(tmp_path)[case]
     assert needle in run_expecting_error(args, tmp_path / "cache", tmp_path / "out", capsys)

@@ -11,6 +11,8 @@ are labelled on their completion only, without EOS.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import uuid
@@ -25,13 +27,63 @@ IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
 
 
+def _not_utf8(path: str | Path, data: bytes, e: UnicodeDecodeError, first_line: int = 1) -> DataError:
+    """``path:line: not valid UTF-8 (byte 0x.. at column n)`` for a decode error in ``data`` (the
+    file's bytes from the start of line ``first_line``); the column counts bytes from 1."""
+    line = first_line + data.count(b"\n", 0, e.start)
+    column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+    return DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {column})")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+
+
+def read_text(path: str | Path, newline: str | None = None) -> str:
+    """A user's text file, decoded as UTF-8; a byte that is not names ``file:line`` and its column.
+    ``newline=None`` translates line endings to ``\n`` as ``open()`` does; ``""`` keeps them (CSV)."""
+    path = Path(path)
+    data = _read_bytes(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, data, e) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n") if newline is None else text
+
+
+def read_json(path: str | Path) -> Any:
+    """A user's JSON file; bad bytes and malformed JSON name ``file:line``."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+
+
+def read_csv(path: str | Path, **kwargs: Any) -> list[list[str]]:
+    """The rows of a user's CSV (``delimiter="\t"`` for TSV) file; bad bytes name ``file:line``."""
+    return list(csv.reader(io.StringIO(read_text(path, newline=""), newline=""), **kwargs))
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    try:
+        fh = open(path, "rb")  # bytes, so that a line that is not UTF-8 can be named
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+    with fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_utf8(path, raw, e, lineno) from None
             if not line.strip():
                 continue
             try:
@@ -48,10 +100,14 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     """Write rows to ``path`` atomically (temporary name, then rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:  # e.g. a full disk: no half-written temporary left beside the file
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def validate_example(row: dict[str, Any], where: str) -> None:

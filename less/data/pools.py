@@ -10,14 +10,13 @@ as published by the paper's authors.
 from __future__ import annotations
 
 import csv
-import json
 import random
 from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from less.data.formats import read_examples, read_jsonl
+from less.data.formats import read_csv, read_examples, read_json, read_jsonl
 from less.data.locate import data_root, find
 from less.errors import DataError
 
@@ -57,22 +56,21 @@ def dolly(root: Path, seed: int) -> list[Example]:
 def cot(root: Path, seed: int) -> list[Example]:
     """FLAN v2 CoT: (question, answer, rationale) rows rendered with a seeded zero-shot template."""
     d = find(root, ["cot_flan_v2"], "FLAN v2 CoT data")
-    templates = json.loads((d / "flan_v2_cot_zeroshot_templates.json").read_text())["templates"]
+    templates = read_json(d / "flan_v2_cot_zeroshot_templates.json")["templates"]
     out = []
     for tsv in sorted(d.glob("*_train.tsv")):
         name = tsv.name.removesuffix("_train.tsv")
         if name not in COT_TEMPLATE_KEYS:
             raise DataError(f"{tsv}: unknown CoT dataset {name!r}")
         options = templates[COT_TEMPLATE_KEYS[name]]
-        with open(tsv, encoding="utf-8", newline="") as fh:
-            for lineno, row in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
-                if len(row) != 3:
-                    raise DataError(f"{tsv}:{lineno}: expected 3 tab-separated fields, got {len(row)}")
-                q, a, r = (x.replace("\\n", "\n").strip() for x in row)
-                inp, tgt = _template_rng(seed, f"{name}_{lineno}").choice(options)
-                fields = {"question": q, "answer": a, "chain_of_thought": r}
-                out.append({"dataset": "cot", "id": f"cot_{name}_{lineno - 1}",
-                            "messages": _chat(inp.format(**fields).strip(), tgt.format(**fields).strip())})
+        for lineno, row in enumerate(read_csv(tsv, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+            if len(row) != 3:
+                raise DataError(f"{tsv}:{lineno}: expected 3 tab-separated fields, got {len(row)}")
+            q, a, r = (x.replace("\\n", "\n").strip() for x in row)
+            inp, tgt = _template_rng(seed, f"{name}_{lineno}").choice(options)
+            fields = {"question": q, "answer": a, "chain_of_thought": r}
+            out.append({"dataset": "cot", "id": f"cot_{name}_{lineno - 1}",
+                        "messages": _chat(inp.format(**fields).strip(), tgt.format(**fields).strip())})
     if not out:
         raise DataError(f"{d}: no *_train.tsv files (set by data.root)")
     return out
@@ -81,7 +79,7 @@ def cot(root: Path, seed: int) -> list[Example]:
 def flan_v2(root: Path, seed: int) -> list[Example]:
     """FLAN v2 stand-in: Super-NaturalInstructions instances with FLAN's natinst_v2 templates."""
     d = find(root, ["flan_v2_proxy_niv2"], "FLAN v2 (NIv2) data")
-    templates = json.loads((d / "flan_v2_natinst_v2_zeroshot_templates.json").read_text())["templates"]
+    templates = read_json(d / "flan_v2_natinst_v2_zeroshot_templates.json")["templates"]
     files = sorted(d.glob("*.jsonl"))
     if not files:
         raise DataError(f"{d}: no NIv2 JSONL file (set by data.root)")

@@ -13,13 +13,12 @@ the assistant content only (no EOS), which reproduces the reference's prompt/com
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from less.data.formats import read_csv, read_json
 from less.data.locate import data_root, find
 from less.errors import DataError
 
@@ -46,10 +45,7 @@ def _example(id_: str, subtask: str, user: str, prefix: str, completion: str) ->
 
 def _read_json(root: Path, candidates: list[str], what: str) -> tuple[Path, Any]:
     path = find(root, candidates, what)
-    try:
-        return path, json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    return path, read_json(path)
 
 
 def mmlu(root: Path, n_per_subject: int = 5) -> list[Example]:
@@ -60,8 +56,7 @@ def mmlu(root: Path, n_per_subject: int = 5) -> list[Example]:
     out = []
     for f in files:
         subject = f.name.removesuffix("_dev.csv")
-        with open(f, encoding="utf-8", newline="") as fh:
-            rows = list(csv.reader(fh))[:n_per_subject]
+        rows = read_csv(f)[:n_per_subject]
         for i, row in enumerate(rows):
             if len(row) != 6:
                 raise DataError(f"{f}:{i + 1}: expected question, 4 choices and an answer, got {len(row)} fields")

@@ -1,5 +1,7 @@
-r"""Metric functions for the generated lm-eval tasks (copied next to their YAMLs as ``utils.py``,
-so this file must only import the standard library).
+r"""Metric functions for the generated lm-eval tasks: ``paper_tydiqa.yaml`` and ``paper_bbh.yaml``
+beside this file name them (``!function task_utils.<name>``) and the generated task YAMLs include
+those templates, so lm-eval loads this file (by path, as a module of its own: it imports only
+the standard library).
 
 - TyDiQA: SQuAD v1.1 F1 and exact match (the official normalisation: lower case, no punctuation,
   no English articles, single spaces), max over the gold answers, as open-instruct's evaluation.

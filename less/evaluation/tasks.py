@@ -1,6 +1,9 @@
 """Local lm-eval tasks for the paper's evaluation protocol (REFERENCE section 3), generated at run
 time into the eval directory with absolute data paths, so they read local files (``data.root``)
-or files downloaded from ``data.hub_repo``.
+or files downloaded from ``data.hub_repo``. The generated folder holds YAML and data only: the
+metric functions (``!function``) sit in templates shipped beside ``task_utils.py``
+(``paper_tydiqa.yaml``, ``paper_bbh.yaml``) that the generated YAMLs include by absolute path,
+so lm-eval imports only the package's own code, never a file from the cache.
 
 ``eval.protocol=paper``: open-instruct's settings as LESS used them (see docs/evaluation.md);
 ``eval.protocol=lm_eval``: lm-eval's built-in prompts and settings, on the same local data.
@@ -9,11 +12,9 @@ Task names users write: ``mmlu``, ``tydiqa``, ``bbh`` (any other name goes to lm
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import random
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 
+from less.data.formats import read_csv, read_json, read_text
 from less.data.locate import data_root, find
 from less.data.targets import TYDIQA_TEMPLATES
 from less.errors import ConfigError, DataError
@@ -29,6 +31,9 @@ PAPER_TASKS = ("mmlu", "tydiqa", "bbh")
 TYDIQA_CODES = {"arabic": "ar", "bengali": "bn", "english": "en", "finnish": "fi", "indonesian": "id",
                 "korean": "ko", "russian": "ru", "swahili": "sw", "telugu": "te"}  # in sorted order
 SEED = 42  # open-instruct's sampling seed for TyDiQA and BBH test examples
+# templates holding the `!function task_utils.<name>` lines, resolved next to them (this package)
+TYDIQA_TEMPLATE = Path(__file__).resolve().with_name("paper_tydiqa.yaml")
+BBH_TEMPLATE = Path(__file__).resolve().with_name("paper_bbh.yaml")
 
 
 def lm_eval_tasks_dir() -> Path:
@@ -57,13 +62,6 @@ def _yaml(path: Path, cfg: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False, width=1000))
 
 
-def _function_yaml(path: Path, cfg: dict[str, Any], functions: dict[str, str]) -> None:
-    """YAML with ``!function utils.<name>`` values (lm-eval resolves them next to the file)."""
-    text = yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False, width=1000)
-    text += "".join(f"{k}: !function utils.{v}\n" for k, v in functions.items())
-    path.write_text(text)
-
-
 def _group(path: Path, group: str, tasks: list[str], metric: str, weight_by_size: bool,
            filter_name: str = "none") -> None:
     _yaml(path, {"group": group, "task": tasks,
@@ -73,8 +71,7 @@ def _group(path: Path, group: str, tasks: list[str], metric: str, weight_by_size
 
 
 def _csv_rows(path: Path) -> list[list[str]]:
-    with open(path, encoding="utf-8", newline="") as fh:
-        rows = list(csv.reader(fh))
+    rows = read_csv(path)
     for i, r in enumerate(rows, 1):
         if len(r) != 6:
             raise DataError(f"{path}:{i}: expected question, 4 choices and an answer, got {len(r)} fields")
@@ -128,8 +125,9 @@ SHOT_SOURCES = ("train", "dval")
 def _squad_by_language(path: Path) -> dict[str, list[dict]]:
     """A TyDiQA-GoldP file in SQuAD layout as {language: [{id, context, question, answers}]} in file
     order, the language being the id's prefix (``english-...``); answers are the gold texts."""
+    doc = read_json(path)
     try:
-        articles = json.loads(path.read_text(encoding="utf-8"))["data"]
+        articles = doc["data"]
         rows = [{"id": qa["id"], "context": para["context"], "question": qa["question"],
                  "answers": [a["text"] for a in qa["answers"]]}
                 for article in articles for para in article["paragraphs"] for qa in para["qas"]]
@@ -231,7 +229,7 @@ def build_tydiqa(root: Path, out: Path, protocol: str, t: DictConfig, tokenizer,
         built.info["shot_source"] = src
     elif protocol == "paper":
         path = find(root, TYDIQA_DVAL, "TyDiQA one-shot exemplars")
-        dval = json.loads(path.read_text(encoding="utf-8"))
+        dval = read_json(path)
         for lang in TYDIQA_CODES:
             if not dval.get(lang):
                 raise DataError(f"{path}: no {lang} exemplar")
@@ -263,7 +261,7 @@ def build_tydiqa(root: Path, out: Path, protocol: str, t: DictConfig, tokenizer,
                    "metric_list": [{"metric": "f1", "aggregation": "mean", "higher_is_better": True},
                                    {"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
                    "metadata": {"version": 1.0}}
-            _function_yaml(out / f"{task}.yaml", cfg, {"process_results": "tydiqa_process_results"})
+            _yaml(out / f"{task}.yaml", {"include": str(TYDIQA_TEMPLATE), **cfg})  # its process_results
         else:  # lm-eval's prompt and metrics on the same sampled questions
             cfg = {"include": str(base), "task": task, "task_alias": lang, "dataset_path": "json",
                    "dataset_name": None, "dataset_kwargs": {"data_files": {"test": data, "train": data}},
@@ -289,13 +287,13 @@ def build_bbh(root: Path, out: Path, protocol: str, per_task: int | None) -> Bui
     rng = random.Random(SEED)
     for f in sorted(data_dir.glob("*.json")):
         name = f.stem
-        examples = json.loads(f.read_text(encoding="utf-8"))["examples"]
+        examples = read_json(f)["examples"]
         rows = rng.sample(examples, min(per_task, len(examples))) if per_task else examples
         prompt_file = prompts / f"{name}.txt"
         if not prompt_file.is_file():
             raise DataError(f"{prompt_file}: BBH CoT prompt not found (set by data.root)")
-        with open(prompt_file, encoding="utf-8") as fh:  # the reference: the file minus its first 2 lines
-            task_prompt = "".join(fh.readlines()[2:]).strip()
+        # the reference: the file minus its first 2 lines
+        task_prompt = "".join(read_text(prompt_file).split("\n", 2)[2:]).strip()
         for r in rows:  # the reference's non-chat prompt: 3 CoT exemplars, then the question
             r["prompt"] = task_prompt + "\n\nQ: " + r["input"] + "\nA:"
         data = _write_jsonl(out / f"bbh_{name}.jsonl", rows)
@@ -308,7 +306,7 @@ def build_bbh(root: Path, out: Path, protocol: str, per_task: int | None) -> Bui
                    "generation_kwargs": {"until": ["\n\n"], "do_sample": False, "temperature": 0.0, "max_gen_toks": 512},
                    "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
                    "metadata": {"version": 1.0}}
-            _function_yaml(out / f"{task}.yaml", cfg, {"process_results": "bbh_process_results"})
+            _yaml(out / f"{task}.yaml", {"include": str(BBH_TEMPLATE), **cfg})  # its process_results
         else:
             base = lm_eval_tasks_dir() / "bbh" / "cot_fewshot" / f"{name}.yaml"
             _yaml(out / f"{task}.yaml", {"include": str(base), "task": task, "task_alias": name,
@@ -330,7 +328,6 @@ def build_tasks(eval_cfg: DictConfig, data_cfg: DictConfig, out: Path, tokenizer
     if not wanted:
         return []
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(Path(__file__).with_name("task_utils.py"), out / "utils.py")
     root = data_root(data_cfg, f"evaluation data for {wanted}",
                      ["eval/mmlu/**", "eval/tydiqa/**", "eval/bbh/**"])
     built = []

@@ -1,6 +1,8 @@
 """The ``select`` step: any registered selection method (less.selection.registry) scores the pool;
 one global sort; the top ``selection.fraction`` of the whole pool (or ``selection.k``) is selected.
-Every method writes the same ranking, selection and report."""
+Every method writes the same ranking, selection and report. A ``selection.k`` beyond the ranked
+pool selects all of it, with a warning (selection.json ``warnings``; the runner lists every
+stage's warnings in results.json and the summary)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,13 @@ from less.data import sources
 from less.data.formats import read_examples, write_jsonl
 from less.graph import Context, Inputs, Stage
 from less.selection.registry import Request, Scored
+
+
+def k_warnings(k: int | None, n_ranked: int) -> list[str]:
+    """The warning for a ``selection.k`` that asks for more examples than were ranked."""
+    if k is not None and k > n_ranked:
+        return [f"selection.k={k} exceeds the {n_ranked} ranked pool examples: the whole pool is selected"]
+    return []
 
 
 def build(ctx: Context, inputs: Inputs, out: Path) -> None:
@@ -49,7 +58,8 @@ def build(ctx: Context, inputs: Inputs, out: Path) -> None:
     write_json_atomic(out / "selection.json", {
         "method": m.name, "n_selected": n_sel, "n_ranked": len(order),
         "by_source": sources.counts(selected, "dataset"),
-        "subtasks": None if target is None else list(dict.fromkeys(r["subtask"] for r in target)), **res.extra})
+        "subtasks": None if target is None else list(dict.fromkeys(r["subtask"] for r in target)), **res.extra,
+        "warnings": k_warnings(s.k, len(order)) if res.n_selected is None else []})
 
 
 def skill_shares(ctx: Context, select_dir: Path) -> dict[str, Any]:
@@ -94,6 +104,8 @@ def jaccard_vs_less(ctx: Context, select_dir: Path) -> float | None:
 def report(ctx: Context, art) -> dict[str, Any]:
     d = art.dir
     stats = json.loads((d / "selection.json").read_text())
+    if "warnings" not in stats:  # built before selection.json had them
+        stats["warnings"] = k_warnings(ctx.cfg.selection.k, stats["n_ranked"]) if stats["n_selected"] == stats["n_ranked"] else []
     return {"selection": {**stats, **skill_shares(ctx, d), "ranking": str(d / "ranking.csv"),
                           "selected": str(d / "selected.jsonl"), "jaccard_vs_less": jaccard_vs_less(ctx, d)}}
 
