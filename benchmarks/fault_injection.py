@@ -2,23 +2,24 @@
 final ranking, selection, adapters and eval metrics equal a clean run's.
 
     python benchmarks/fault_injection.py [--kills-per-stage 2] [--seed 0] [--dir /tmp/less-faults]
-                                         [run.py overrides ...]
+                                         [--only pool,select] [run.py overrides ...]
 
-A kill point is an *event* inside the build of one step: a file opened for writing, an
-``os.replace``/``os.rename`` (the kill comes just before it: an atomic write or a cache rename cut
-short), or a forward pass of the model (training steps, feature batches, pretraining the tiny
-model, lm-eval's requests). Events are counted per step by hooks in the run's own process
-(``--child``), so a kill lands inside the step it aims at however fast the step is.
+A kill point is an *event* inside the build of one stage (a node of the pipeline graph: pool,
+target, the tiny model, warmup, pool and target features, datastore, select, train, eval, token
+counts): a file opened for writing, an ``os.replace``/``os.rename`` (the kill comes just before
+it: an atomic write or a cache rename cut short), or a forward pass of the model (training steps,
+feature batches, pretraining the tiny model, lm-eval's requests). Events are counted per stage by
+hooks in the run's own process (``--child``), so a kill lands inside the stage it aims at however
+fast the stage is.
 
-1. A clean run (``python run.py <overrides>``) on an empty cache ``<dir>/clean`` counts each step's
-   events.
-2. On another empty cache ``<dir>/faulty``, for each step in the order the clean run built them
-   (prepare, the tiny model, warmup, datastore, select, train, eval, token counts),
-   ``--kills-per-stage`` times: the same run is started and SIGKILLed at event n of that step, n
-   uniform in [1, the clean run's count] (or at the end of the step's first build, if a rerun has
-   fewer events left: a resumed datastore); the script then kills what is left of its process
-   group (W&B's service), as a scheduler or a crash would. No run gets past the step it aims at,
-   so every kill lands in its step.
+1. A clean run (``python run.py <overrides>``) on an empty cache ``<dir>/clean`` counts each
+   stage's events.
+2. On another empty cache ``<dir>/faulty``, for each stage in the order the clean run built them,
+   ``--kills-per-stage`` times: the same run is started and SIGKILLed at event n of that stage, n
+   uniform in [1, the clean run's count] (or at the end of the stage's build if this build has
+   fewer events: resumed pool features skip finished chunks); the script then kills what is left
+   of its process group (W&B's service), as a scheduler or a crash would. No run gets past the
+   stage it aims at, so every kill lands in its stage. ``--only`` aims at the stages named.
 3. A final rerun to the end on the faulty cache; then the comparison with the clean run:
    ``ranking.csv`` and ``selected.jsonl`` byte for byte, every adapter file (``*.safetensors``) of
    the warmup checkpoints and the trained model byte for byte, the eval metrics exactly; and no
@@ -49,8 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def child(spec: str, argv: list[str]) -> None:
-    """Run run.py in this process with event hooks: ``count:<file>`` writes each step's event
-    count to <file> at exit; ``<step>:<n>`` SIGKILLs this process at event n of <step>."""
+    """Run run.py in this process with event hooks: ``count:<file>`` writes each stage's event
+    count to <file> at exit; ``<stage>:<n>`` SIGKILLs this process at event n of <stage>."""
     import transformers.models.llama.modeling_llama as llama
 
     import less.runner as runner
@@ -62,20 +63,19 @@ def child(spec: str, argv: list[str]) -> None:
     def event() -> None:
         if not current:
             return
-        step = current[-1]
-        counts[step] += 1
-        if where == step and counts[step] == int(arg):
+        stage = current[-1]
+        counts[stage] += 1
+        if where == stage and counts[stage] == int(arg):
             os.kill(os.getpid(), signal.SIGKILL)
 
     make = runner.Runner._make
 
     def tracked_make(self, name, inputs):
-        s = self.graph[name]
-        current.append(s.step or ("model" if s.cache_kind == "model" else s.cache_kind))
+        current.append(name)
         try:
             return make(self, name, inputs)
         finally:
-            if current.pop() == where:  # fewer events than counted (e.g. a resumed step): kill at its end
+            if current.pop() == where:  # fewer events than counted (resumed features): kill at its end
                 os.kill(os.getpid(), signal.SIGKILL)
     runner.Runner._make = tracked_make
 
@@ -129,11 +129,15 @@ def leftovers(cache: Path) -> list[str]:
 def compare(clean: dict, faulty: dict) -> list[str]:
     """What differs between the two runs' results (empty: nothing)."""
     bad = []
-    sel = [Path(r["selection"]["ranking"]).parent for r in (clean, faulty)]
-    for name in ("ranking.csv", "selected.jsonl"):
+    if {s for s in clean["stages"]} != {s for s in faulty["stages"]}:
+        return ["the steps run"]
+    sel = [Path(r["selection"]["ranking"]).parent for r in (clean, faulty)] if "select" in clean["stages"] else []
+    for name in ("ranking.csv", "selected.jsonl") if sel else ():
         if (sel[0] / name).read_bytes() != (sel[1] / name).read_bytes():
             bad.append(name)
     for step in ("warmup", "train"):
+        if step not in clean["stages"]:
+            continue
         dirs = [Path(r["stages"][step]["dir"]) for r in (clean, faulty)]
         files = sorted(p.relative_to(dirs[0]) for p in dirs[0].rglob("*.safetensors"))
         if not files or files != sorted(p.relative_to(dirs[1]) for p in dirs[1].rglob("*.safetensors")):
@@ -151,6 +155,7 @@ def main() -> None:
     ap.add_argument("--kills-per-stage", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/less-faults"))
+    ap.add_argument("--only", default=None, help="comma-separated stages to kill (default: every stage)")
     args, overrides = ap.parse_known_args()
     rng = random.Random(args.seed)
     shutil.rmtree(args.dir, ignore_errors=True)
@@ -162,17 +167,18 @@ def main() -> None:
     clean_s = time.time() - t
     clean = json.loads((args.dir / "clean-run" / "results.json").read_text())
     events = json.loads((args.dir / "events.json").read_text())
-    print(f"clean run: {clean_s:.0f} s; events per step: {events}", flush=True)
+    print(f"clean run: {clean_s:.0f} s; events per stage: {events}", flush=True)
     cache, kills = args.dir / "faulty", []
-    for step in events:  # in the order the clean run built them
+    aimed = [s for s in events if args.only is None or s in args.only.split(",")]
+    for stage in aimed:  # in the order the clean run built them
         for _ in range(args.kills_per_stage):
-            n = rng.randint(1, events[step])
-            out = args.dir / f"kill-{len(kills) + 1:02d}-{step}-{n}"
+            n = rng.randint(1, events[stage])
+            out = args.dir / f"kill-{len(kills) + 1:02d}-{stage}-{n}"
             t = time.time()
-            rc = finish(start(f"{step}:{n}", cache, out, overrides))
-            kills.append({"step": step, "event": n, "of": events[step], "rc": rc, "seconds": round(time.time() - t, 1),
+            rc = finish(start(f"{stage}:{n}", cache, out, overrides))
+            kills.append({"stage": stage, "event": n, "of": events[stage], "rc": rc, "seconds": round(time.time() - t, 1),
                           "left_in_cache": leftovers(cache)})
-            print(f"kill {len(kills):2d}: {step:9s} event {n:5d} of {events[step]:5d}  "
+            print(f"kill {len(kills):2d}: {stage:15s} event {n:5d} of {events[stage]:5d}  "
                   f"{'SIGKILL' if rc == -signal.SIGKILL else f'NOT KILLED (rc {rc})'}  after {kills[-1]['seconds']:5.1f} s;"
                   f"  left in cache: {', '.join(kills[-1]['left_in_cache']) or '-'}", flush=True)
     t = time.time()
@@ -182,7 +188,7 @@ def main() -> None:
     final = json.loads((args.dir / "final-run" / "results.json").read_text())
     bad = compare(clean, final)
     summary = {"kills": sum(k["rc"] == -signal.SIGKILL for k in kills), "attempts": len(kills),
-               "steps": list(dict.fromkeys(k["step"] for k in kills)), "clean_seconds": round(clean_s, 1),
+               "stages": list(dict.fromkeys(k["stage"] for k in kills)), "clean_seconds": round(clean_s, 1),
                "final_rerun_seconds": round(final_s, 1),
                "final_rerun_built": sorted(s for s, r in final["stages"].items() if not r["cached"]),
                "leftovers_after_final_rerun": leftovers(cache), "differences": bad}
