@@ -79,9 +79,10 @@ def kill_run(where: str, args: list[str], cache: Path, out: Path) -> subprocess.
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
-def run_cli_together(jobs: list[list[str]], cache: Path, out: Path, timeout: int = 900) -> list[dict[str, Any]]:
+def run_cli_together(jobs: list[list[str]], cache: Path, out: Path, timeout: int = 900,
+                     env: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Start ``python run.py <args>`` for each job at once on one cache; their results.json dicts."""
-    env = {**os.environ, "LESS_CACHE_DIR": str(cache)}
+    env = {**os.environ, "LESS_CACHE_DIR": str(cache), **(env or {})}
     procs = [subprocess.Popen([sys.executable, str(ROOT / "run.py"), "logger=none", *args, f"hydra.run.dir={out / str(i)}"],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i, args in enumerate(jobs)]

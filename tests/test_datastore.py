@@ -305,11 +305,12 @@ def test_two_jobs_share_one_extraction(unsharded, shared_cache, tmp_path):
 
 @pytest.mark.slow
 def test_jobs_with_different_chunk_sizes_share_one_extraction(unsharded, shared_cache, tmp_path):
-    """The sweep ``datastore.chunk_size=100,256`` under joblib, as two jobs started together: the
-    rows each claims never overlap, and the store equals a single job's up to rounding."""
+    """The sweep ``datastore.chunk_size=100,256`` under joblib, as two jobs started together (one
+    thread each, as joblib's workers): the rows each claims never overlap, and the store equals a
+    single job's up to rounding."""
     cache = linked_cache(shared_cache, tmp_path / "cache")
     jobs = run_cli_together([[*SMALL, f"datastore.chunk_size={c}", "stages=[prepare,warmup,datastore,select]"]
-                             for c in (16, 50)], cache, tmp_path / "jobs")
+                             for c in (16, 50)], cache, tmp_path / "jobs", env={"OMP_NUM_THREADS": "1"})
     assert sum(j["artifacts"]["pool_features"].get("rows_computed", 0) for j in jobs) == POOL_ROWS
     for j in jobs:
         assert_equal_up_to_rounding(unsharded, j, unsharded["selection"]["n_selected"])
