@@ -78,7 +78,6 @@ def skill_shares(ctx: Context, select_dir: Path) -> dict[str, Any]:
     return {"target_skill": skill, "target_share": share(selected), "base_share": share(rows)}
 
 
-LESS_DEFAULTS = Path(__file__).resolve().parents[2] / "conf" / "selection" / "less.yaml"
 
 
 def jaccard_vs_less(ctx: Context, select_dir: Path) -> float | None:
@@ -86,9 +85,12 @@ def jaccard_vs_less(ctx: Context, select_dir: Path) -> float | None:
     fraction / k), if that one is in the cache."""
     from less.runner import Runner
 
-    if not LESS_DEFAULTS.is_file():
+    from less.paths import conf_dir
+
+    defaults = conf_dir() / "selection" / "less.yaml"
+    if not defaults.is_file():
         return None
-    less = OmegaConf.load(LESS_DEFAULTS)
+    less = OmegaConf.load(defaults)
     less.fraction, less.k = ctx.cfg.selection.get("fraction"), ctx.cfg.selection.get("k")
     cfg: DictConfig = copy.deepcopy(ctx.cfg)
     with open_dict(cfg):
