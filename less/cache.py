@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 KEY_FILE = "key.json"
 # Bump when the meaning or layout of an artifact changes, so old cache entries are never reused.
-ARTIFACT_VERSION = 5  # 5: encoding as the reference LESS code (post-EOS newline labelled)
+ARTIFACT_VERSION = 6  # 6: warmup.json/train.json keep the training curve; 5: encoding as the reference LESS code
 
 
 def to_plain(obj: Any) -> Any:

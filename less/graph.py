@@ -53,6 +53,14 @@ class Context:
         self.cfg, self.cache, self.out_dir = cfg, cache, out_dir
         self.artifact = artifact
         self._device = None
+        from less.tracking import NullTracker
+
+        self.tracker = NullTracker()  # the run's tracker (the runner sets it); builds send curves to it
+
+    def curve(self, prefix: str) -> Callable[[int, dict[str, float]], None]:
+        """A sink for a training curve: points go to the tracker as ``<prefix>/<metric>`` against
+        ``<prefix>/step``."""
+        return lambda step, metrics: self.tracker.curve(prefix, step, metrics)
 
     @property
     def selector(self) -> DictConfig:

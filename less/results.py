@@ -100,6 +100,12 @@ def summary(r: dict[str, Any], path: Path) -> str:
             ratio = sel["target_share"] / sel["base_share"] if sel["base_share"] else float("nan")
             lines.append(f"target skill '{sel['target_skill']}': {sel['target_share']:.1%} of the selection"
                          f" vs {sel['base_share']:.1%} of the pool ({ratio:.1f}x)")
+    for name in ("warmup", "train"):
+        t = r.get(name)
+        if t and t.get("train_loss") is not None:
+            final = f", final logged loss {t['final_loss']:.4f}" if t.get("final_loss") is not None else ""
+            lines.append(f"{name}: {t.get('n_examples')} examples, {t.get('steps')} steps, "
+                         f"mean train loss {t['train_loss']:.4f}{final}")
     for task, ms in r.get("eval", {}).items():
         if not isinstance(ms, dict):  # e.g. tydiqa_shot_source
             lines.append(f"eval {task}: {ms}")
@@ -112,9 +118,14 @@ def summary(r: dict[str, Any], path: Path) -> str:
         state = "cached" if s["cached"] else "computed"
         if s.get("complete") is False:
             state += f", incomplete: {s['missing_chunks']} chunks left to other shards"
-        lines.append(f"stage {name:<9} {s['seconds']:8.1f}s  {state}")
+        label = f"{name} (tiny)" if name in ("model", "selector") else name  # a tiny model built here
+        lines.append(f"stage {label:<15} {s['seconds']:8.1f}s  {state}")
     w = r.get("wandb", {})
-    lines.append(f"wandb: {w.get('mode')} run at {w.get('dir')}" if w.get("mode") else "wandb: off")
+    if w.get("skipped"):
+        lines.append(f"wandb: not logged again: this job configuration's run {w.get('id')} finished earlier "
+                     f"({w['skipped'].get('url') or w['skipped'].get('dir')})")
+    else:
+        lines.append(f"wandb: {w.get('mode')} run {w.get('id')} at {w.get('dir')}" if w.get("mode") else "wandb: off")
     if w.get("fallback"):
         lines.append(f"wandb: {w.get('requested_mode')} was asked for but {w['fallback']}; upload with: wandb sync {w['dir']}")
     lines += [f"warning: {x}" for x in r.get("warnings", [])]

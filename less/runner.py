@@ -42,10 +42,35 @@ from less.cache import Artifact, Cache, to_plain, write_json_atomic
 from less.errors import CacheMiss, ConfigError, LessError
 from less.graph import STEPS, Context, Stage
 from less.results import accounting, estimate, flatten_metrics, merge, summary
-from less.tracking import NullTracker, make_tracker
+from less.tracking import NullTracker, job_type, make_tracker, run_id, uniform_config
+from less.tracking import run_name as wandb_name
 from less.validate import validate
 
 log = logging.getLogger(__name__)
+
+# stages logged as W&B artifacts, with their W&B type, and the small files each carries (plus key.json)
+ARTIFACT_TYPES = {"target": "dataset", "pool": "dataset", "warmup": "checkpoints", "datastore": "datastore",
+                  "representations": "representations", "select": "selection", "train": "model",
+                  "eval": "evaluation"}
+ARTIFACT_FILES = {"target": ("target.json", "target.jsonl"), "pool": ("pool.json",), "warmup": ("warmup.json",), "datastore": ("manifest.json",),
+                  "select": ("selection.json", "selected.jsonl", "ranking.csv"), "train": ("train.json",),
+                  "eval": ("metrics.json", "info.json")}
+
+
+def artifact_counts(name: str, results: dict[str, Any]) -> dict[str, Any]:
+    """The counts results.json has for stage ``name``'s artifact (examples, selected, steps, metrics)."""
+    r = results
+    if name in ("pool", "target"):
+        d = r.get("data", {}).get(name, {})
+        return {k: d[k] for k in ("n", "dropped") if k in d}
+    if name == "select":
+        return {k: r["selection"].get(k) for k in ("n_selected", "n_ranked", "by_source")} if "selection" in r else {}
+    if name in ("warmup", "train"):
+        return {k: v for k, v in r.get(name, {}).items() if k in ("n_examples", "steps", "train_loss", "final_loss")}
+    if name == "eval":
+        return flatten_metrics({t: {m: v for m, v in ms.items() if m != "subtasks"}
+                                for t, ms in r.get("eval", {}).items() if isinstance(ms, dict)}, "")
+    return {}
 
 
 def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
@@ -65,11 +90,18 @@ def output_dir() -> Path:
 
 
 def run_name(cfg: DictConfig, out_dir: Path) -> str:
-    """W&B run name: the run name plus this job's overrides (e.g. ``default:selection.fraction=0.1``)."""
+    """The job's label in plans: the run name plus its overrides (``default:selection.fraction=0.1``)."""
     from hydra.core.hydra_config import HydraConfig
 
     overrides = HydraConfig.get().job.override_dirname if HydraConfig.initialized() else ""
     return f"{cfg.name}:{overrides or out_dir.name}"
+
+
+def job_overrides() -> list[str]:
+    """The command-line overrides of this Hydra job (none outside a Hydra run)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def seed_everything(kind: str, seed: int | None) -> int:
@@ -151,7 +183,6 @@ class Runner:
         self.rows_computed: dict[str, int] = {}
         self.results: dict[str, Any] = {"stages": {}, "artifacts": {}}
         self.tracker = NullTracker()
-        self._step: list[str] = []  # steps being built (the innermost gets a step-less stage's time)
         self._failed_in: tuple[Path, str] | None = None  # (directory, what) of the build an exception left
 
     # -- keys -------------------------------------------------------------------------------------
@@ -199,16 +230,10 @@ class Runner:
             if not self.wanted(name):
                 raise CacheMiss(f"{s.cache_kind} artifact {art.key} is not in the cache ({art.dir}); "
                                 f"add '{s.step}' to stages to compute it")
-            if s.step is not None:
-                self._step.append(s.step)
-            try:
-                inputs = self._inputs(name)
-                t0 = time.time()  # this stage's own time; its inputs recorded theirs
-                art = None if inputs is None else self._make(name, inputs)
-                seconds = time.time() - t0
-            finally:
-                if s.step is not None:
-                    self._step.pop()
+            inputs = self._inputs(name)
+            t0 = time.time()  # this stage's own time; its inputs recorded theirs
+            art = None if inputs is None else self._make(name, inputs)
+            seconds = time.time() - t0
         self.got[name] = art
         self._record(name, art, seconds)
         return art
@@ -279,13 +304,14 @@ class Runner:
             "kind": ref.kind, "key": ref.key, "dir": str(ref.dir), "cached": bool(art and art.cached),
             "seconds": round(seconds, 3), **({"complete": False} if art is None else {}),
             **({"rows_computed": self.rows_computed[name]} if name in self.rows_computed else {})}
-        step = s.step or (self._step[-1] if self._step else None)
-        if step not in self.cfg.stages:  # an input taken from the cache: listed under artifacts only
+        if s.step is None:  # a step-less input (the tiny model): its own line when this run built it
+            if art is not None and not art.cached and name != "token_counts":
+                self.results["stages"][name] = {"seconds": round(seconds, 3), "cached": False}
             return
-        rec = self.results["stages"].setdefault(step, {"seconds": 0.0, "cached": True})
+        if s.step not in self.cfg.stages:  # an input taken from the cache: listed under artifacts only
+            return
+        rec = self.results["stages"].setdefault(s.step, {"seconds": 0.0, "cached": True})
         rec["seconds"] = round(rec["seconds"] + seconds, 3)
-        if s.step is None:  # a step-less input (the tiny model) built for this step: its time only
-            return
         rec["cached"] = rec["cached"] and art is not None and art.cached
         if art is None:  # nothing to point at until the other shards are done
             rec.pop("dir", None), rec.pop("key", None)
@@ -353,8 +379,9 @@ class Runner:
         if self.cfg.plan:
             return self.plan()
         self.open_cache()
-        self.tracker = make_tracker(self.cfg.logger, OmegaConf.to_container(self.cfg, resolve=True), self.out_dir,
-                                    name=run_name(self.cfg, self.out_dir))
+        self.tracker = self.make_tracker()
+        self.ctx.tracker = self.tracker
+        ok = False
         try:
             for step in STEPS:
                 if step not in self.cfg.stages:
@@ -367,15 +394,86 @@ class Runner:
                     self.get(name)
             self._report()
             self._accounting()
+            self._log_artifacts()
+            self._link_outputs()
             self._finish()
+            ok = True
         finally:
-            self.tracker.finish()
+            self.tracker.finish(ok=ok)
             gc.collect()
             import torch
 
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         return self.results
+
+    # -- W&B ----------------------------------------------------------------------------------------
+    def job_keys(self) -> dict[str, str]:
+        """{stage: key} of what this job's steps make: the job's identity."""
+        return {n: self.key(n) for step in STEPS if step in self.cfg.stages for n in self.stages_of(step)}
+
+    def make_tracker(self):
+        c = self.cfg
+        if c.logger.name == "none":
+            return make_tracker(c.logger, {}, self.out_dir, name="")
+        from less.paths import conf_dir
+
+        extra = {"shard": [c.datastore.shard, c.datastore.num_shards]} if "datastore" in c.stages else {}
+        rid = run_id(c.logger, list(c.stages), self.job_keys(), extra)
+        config = uniform_config(OmegaConf.to_container(c, resolve=True), conf_dir())
+        return make_tracker(c.logger, config, self.out_dir, name=wandb_name(job_overrides(), c.name), rid=rid,
+                            job_type=job_type(c), cache_root=self.cache.root)
+
+    def lineage_inputs(self, name: str) -> dict[str, str]:
+        """{role: W&B artifact name} of the nearest logged artifacts ``name`` is made from (through
+        stages that are not logged as artifacts, such as the feature stages)."""
+        out: dict[str, str] = {}
+        for role, dep in self.inputs(name).items():
+            if dep in ARTIFACT_TYPES:
+                out[role] = f"{dep}-{self.key(dep)}"
+            else:
+                out.update({f"{role}.{r}": v for r, v in self.lineage_inputs(dep).items()})
+        return out
+
+    def _log_artifacts(self) -> None:
+        """Every artifact of ARTIFACT_TYPES the run got: an output of this W&B run when this run
+        built it, else (taken from the cache: an earlier job made it) an input; with metadata and
+        its small files."""
+        from less.cache import to_plain
+
+        names = []
+        for name in self.graph:
+            art = self.got.get(name)
+            if name not in ARTIFACT_TYPES or art is None:
+                continue
+            rec = self.results["artifacts"][name]
+            meta = {"stage": name, "kind": art.kind, "key": art.key, "dir": str(art.dir),
+                    "config": to_plain(self.spec(name)["config"]), "inputs": self.lineage_inputs(name),
+                    "counts": artifact_counts(name, self.results), "built_seconds": rec["seconds"]}
+            files = [art.dir / f for f in ARTIFACT_FILES.get(name, ()) if (art.dir / f).is_file()]
+            dirs = []
+            if name == "eval" and (art.dir / "samples").is_dir():
+                dirs.append(art.dir / "samples")
+            if name == "train" and self.cfg.logger.get("log_model"):
+                dirs += [d for d in (art.dir / "adapter", art.dir / "model") if d.is_dir()]
+            self.tracker.artifact(f"{name}-{art.key}", ARTIFACT_TYPES[name], meta, [art.dir / "key.json", *files],
+                                  dirs, use=art.cached)
+            names.append((name, f"{name}-{art.key}"))
+        self.tracker.summary({f"artifacts/{n}": a for n, a in names})
+
+    def _link_outputs(self) -> None:
+        """The run directory links to the selection it trained on: ``selected.jsonl``, ``ranking.csv``."""
+        art = self.got.get("select")
+        if art is None:
+            return
+        for f in ("selected.jsonl", "ranking.csv"):
+            if not (art.dir / f).is_file():
+                continue
+            link = self.out_dir / f
+            tmp = link.with_name(f".{f}.link")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(art.dir / f)
+            os.replace(tmp, link)
 
     # -- what a run reports -------------------------------------------------------------------------
     def _report(self) -> None:
@@ -394,7 +492,6 @@ class Runner:
             log.warning(w)
         if warnings:
             self.tracker.summary({"warnings": warnings})
-        self.tracker.log({f"stages/{n}/seconds": s["seconds"] for n, s in self.results["stages"].items()})
 
     def _params(self) -> dict[str, int | None]:
         from less.models import model_source, param_count
@@ -431,6 +528,10 @@ class Runner:
         r["config"] = {"name": c.name, "model": c.model.name, "selector": self.ctx.selector.name,
                        "pool": c.pool.name, "target": c.target.name, "stages": list(c.stages)}
         r["wandb"] = {"mode": self.tracker.mode, "dir": self.tracker.dir}
+        if self.tracker.id is not None:
+            r["wandb"]["id"] = self.tracker.id
+        if self.tracker.skipped is not None:  # this configuration's run finished earlier: not logged again
+            r["wandb"]["skipped"] = {k: self.tracker.skipped.get(k) for k in ("dir", "url") if self.tracker.skipped.get(k)}
         if self.tracker.fallback is not None:  # asked for online, logged offline: why
             r["wandb"].update(requested_mode=self.tracker.requested_mode, fallback=self.tracker.fallback)
         write_json_atomic(self.out_dir / "results.json", r)

@@ -4,6 +4,11 @@ Warmup keeps one checkpoint per epoch. Beside each HF checkpoint (adapter weight
 keyed by integer index, scheduler state) this module writes ``less_checkpoint.json``: the epoch,
 that epoch's average learning rate, and the names of the parameters in the optimizer's index order,
 so the Adam moments can be matched to parameters by name whatever the optimizer's grouping.
+
+Every ``logging_steps`` optimizer steps the Trainer's logs (loss, learning rate, grad norm) are kept
+as the run's training curve (``history`` of the result, stored in the artifact) and handed to a
+``curve(step, metrics)`` callback (the runner sends them to W&B under the stage's prefix, against
+the stage's own step axis). The progress bar is labelled with the stage.
 """
 
 from __future__ import annotations
@@ -11,11 +16,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from omegaconf import DictConfig
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
 
 from less.cache import write_json_atomic
 from less.checkpoints import CHECKPOINT_META
@@ -65,6 +71,40 @@ class EpochLearningRates(TrainerCallback):
         })
 
 
+CURVE_KEYS = {"loss": "loss", "learning_rate": "lr", "grad_norm": "grad_norm", "epoch": "epoch"}
+
+
+class Curve(TrainerCallback):
+    """The training curve: at every Trainer log with a loss, ``{"step", "loss", "lr", "grad_norm",
+    "epoch"}`` (the keys present) is kept in ``history`` and passed to ``sink(step, metrics)``."""
+
+    def __init__(self, sink: Callable[[int, dict[str, float]], None] | None = None) -> None:
+        self.sink = sink
+        self.history: list[dict[str, float]] = []
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
+            return  # the end-of-training record (train_runtime, train_loss) is not a curve point
+        point = {"step": int(state.global_step), **{
+            name: float(logs[k]) for k, name in CURVE_KEYS.items() if logs.get(k) is not None}}
+        self.history.append(point)
+        if self.sink is not None:
+            self.sink(point["step"], {k: v for k, v in point.items() if k != "step"})
+
+
+class StageProgress(ProgressCallback):
+    """transformers' progress bar, labelled with the stage it belongs to (``warmup``, ``train``)."""
+
+    def __init__(self, desc: str) -> None:
+        super().__init__()
+        self.desc = desc
+
+    def on_train_begin(self, args, state, control, **kw):
+        super().on_train_begin(args, state, control, **kw)
+        if self.training_bar is not None:
+            self.training_bar.set_description(self.desc)
+
+
 class ExampleMeanTrainer(Trainer):
     """Loss = mean over examples of each example's token-mean loss.
 
@@ -101,9 +141,13 @@ def accumulation_steps(cfg: DictConfig) -> int:
 
 
 def fit(model, tokenizer, enc: Encoded, cfg: DictConfig, out_dir: Path, seed: int,
-        save_every_epoch: bool, device: torch.device) -> dict[str, Any]:
-    """Train ``model`` on ``enc`` with Trainer; returns Trainer's metrics plus per-epoch LRs."""
+        save_every_epoch: bool, device: torch.device, stage: str = "train",
+        curve: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Train ``model`` on ``enc`` with Trainer; returns the mean train loss, the steps, per-epoch
+    LRs, the logged curve (``history``) and its last loss (``final_loss``). ``stage`` labels the
+    progress bar; ``curve(step, metrics)`` gets every curve point as it is logged."""
     lrs = EpochLearningRates()
+    points = Curve(curve)
     args = TrainingArguments(
         output_dir=str(out_dir),
         num_train_epochs=cfg.epochs,
@@ -119,6 +163,7 @@ def fit(model, tokenizer, enc: Encoded, cfg: DictConfig, out_dir: Path, seed: in
         save_strategy="epoch" if save_every_epoch else "no",
         save_only_model=False,
         logging_steps=max(1, cfg.get("logging_steps", 10)),
+        logging_first_step=True,  # the curve starts at step 1
         report_to=[],
         seed=seed,
         data_seed=seed,
@@ -128,11 +173,13 @@ def fit(model, tokenizer, enc: Encoded, cfg: DictConfig, out_dir: Path, seed: in
         dataloader_num_workers=0,
     )
     trainer = TRAINERS[cfg.loss](model=model, args=args, train_dataset=EncodedDataset(enc),
-                      data_collator=collator(tokenizer), callbacks=[lrs])
+                      data_collator=collator(tokenizer), callbacks=[lrs, points])
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(StageProgress(stage))
     result = trainer.train()
     # A pickle of TrainingArguments naming the temporary build directory: its bytes would depend on
     # where the artifact was built, and loading it needs weights_only=False. key.json has the config.
     for f in Path(out_dir).rglob("training_args.bin"):
         f.unlink()
-    return {"train_loss": result.training_loss, "steps": result.global_step,
-            "epoch_lrs": lrs.epoch_lrs}
+    return {"train_loss": result.training_loss, "steps": result.global_step, "epoch_lrs": lrs.epoch_lrs,
+            "history": points.history, "final_loss": points.history[-1]["loss"] if points.history else None}

@@ -123,7 +123,7 @@ def _online_without(tmp_path: Path, shared_cache: Path, env: dict[str, str]):
     env = {"HOME": str(home), "NETRC": str(home / ".netrc"), "WANDB_CONFIG_DIR": str(home / "wandb-config"),
            "WANDB_MODE": "online", **env}
     proc = run_cli(["stages=[prepare,select]", "selection=random", "logger=wandb", "logger.mode=online",
-                    "logger.init_timeout=10"], shared_cache, tmp_path / "out", env=env, timeout=300)
+                    "logger.init_timeout=10", f"logger.group={tmp_path.name}"], shared_cache, tmp_path / "out", env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert set(res["stages"]) == {"prepare", "select"} and res["selection"]["n_selected"] == 30

@@ -188,15 +188,15 @@ def test_cli_run_with_wandb_reads_back(default_run, shared_cache, tmp_path):
     assert res["wandb"]["mode"] == "offline"
     files = list(Path(res["wandb"]["dir"]).glob("run-*.wandb"))
     assert len(files) == 1 and str(tmp_path) in res["wandb"]["dir"]
-    config, history = {}, {}
+    config, summary = {}, {}
     for rec in read_records(files[0]):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             config.update({u.key: json.loads(u.value_json) for u in rec.run.config.update})
-        if kind == "history":
-            history.update({u.key or "/".join(u.nested_key): json.loads(u.value_json) for u in rec.history.item})
+        if kind == "summary":
+            summary.update({u.key or "/".join(u.nested_key): json.loads(u.value_json) for u in rec.summary.update})
     assert config["selection"]["fraction"] == 0.05 and config["name"] == "default"
-    assert history["eval/less_synthetic_arithmetic/acc"] == res["eval"]["less_synthetic_arithmetic"]["acc"]
+    assert summary["eval/less_synthetic_arithmetic/acc"] == res["eval"]["less_synthetic_arithmetic"]["acc"]
 
 
 def test_multirun_second_job_reuses_warmup_and_datastore(shared_cache, tmp_path):

@@ -62,13 +62,9 @@ def report(ctx: Context, art) -> dict[str, Any]:
 def track(ctx: Context, art, reported: dict[str, Any], tracker) -> None:
     info = {f"eval/{k}": v for k, v in reported["eval"].items() if not isinstance(v, dict)}
     flat = flatten_metrics({k: v for k, v in reported["eval"].items() if isinstance(v, dict)}, "eval")
-    tracker.log(flat)
-    tracker.summary({**flat, **info})
+    tracker.summary({**flat, **info})  # once per run: summary only (no one-point line panels)
     tracker.table("eval/metrics", ["task", "subtask", "metric", "value"], [
         [k.split("/")[1], k.split("/")[3] if "/subtasks/" in k else "", k.rsplit("/", 1)[1], v] for k, v in flat.items()])
-    samples = sorted((art.dir / "samples").glob("*.jsonl")) if (art.dir / "samples").is_dir() else []
-    if samples:
-        tracker.artifact(f"eval-samples-{art.dir.name}", "eval_samples", samples)
 
 
 EVAL = Stage("eval", step="eval", build=build, inputs=inputs, config=config, report=report, track=track)

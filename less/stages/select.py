@@ -121,8 +121,6 @@ def track(ctx: Context, art, reported: dict[str, Any], tracker) -> None:
     with open(d / "ranking.csv") as fh:
         rows = [line.rstrip("\n").split(",") for line in fh][1:101]
     tracker.table("selection/top", ["rank", "id", "source", "score"], [[int(a), b, c, float(s)] for a, b, c, s in rows])
-    tracker.artifact(f"ranking-{d.name}", "ranking", [d / "ranking.csv", d / "selection.json"])
-    tracker.artifact(f"selected-{d.name}", "selection", [d / "selected.jsonl"])
 
 
 def inputs(ctx: Context) -> dict[str, str]:

@@ -13,6 +13,7 @@ from less.errors import DataError
 from less.graph import Context, Inputs, Stage
 from less.models import load_model, load_tokenizer, lora_config, model_spec
 from less.stages.model import source
+from less.stages.warmup import track_curve
 
 
 def build(ctx: Context, inputs: Inputs, out: Path) -> None:
@@ -30,22 +31,24 @@ def build(ctx: Context, inputs: Inputs, out: Path) -> None:
     model = load_model(cfg.model, src, ctx.device, dtype=t.dtype)
     if t.mode == "lora":
         model = get_peft_model(model, lora_config(t.lora))
-    metrics = fit(model, tok, enc, t, out / "trainer", cfg.seed, save_every_epoch=False, device=ctx.device)
+    metrics = fit(model, tok, enc, t, out / "trainer", cfg.seed, save_every_epoch=False, device=ctx.device,
+                  stage="train", curve=ctx.curve("train"))
     model.save_pretrained(out / ("adapter" if t.mode == "lora" else "model"))
     if t.mode == "full":
         tok.save_pretrained(out / "model")
     write_json_atomic(out / "train.json", {
         "mode": t.mode, "n_examples": len(enc), "n_tokens": sum(map(len, enc.input_ids)), "epochs": t.epochs,
-        "dropped": dict(enc.dropped), "train_loss": metrics["train_loss"], "steps": metrics["steps"]})
+        "dropped": dict(enc.dropped), "train_loss": metrics["train_loss"], "steps": metrics["steps"],
+        "final_loss": metrics["final_loss"], "history": metrics["history"]})
 
 
 def report(ctx: Context, art) -> dict[str, Any]:
     t = json.loads((art.dir / "train.json").read_text())
-    return {"train": {k: t[k] for k in ("mode", "n_examples", "train_loss", "steps")}}
+    return {"train": {k: t[k] for k in ("mode", "n_examples", "train_loss", "final_loss", "steps")}}
 
 
 TRAIN = Stage(
-    "train", step="train", build=build, report=report,
+    "train", step="train", build=build, report=report, track=track_curve("train", "train.json"),
     inputs=lambda ctx: {"selection": "select", "model": "model"},
     config=lambda ctx: {"model": model_spec(ctx.cfg.model), "chat_format": ctx.cfg.chat_format,
                         "train": to_plain(ctx.cfg.train), "seed": ctx.cfg.seed})

@@ -55,7 +55,8 @@ def build_warmup(ctx: Context, inputs: Inputs, out: Path) -> None:
     if not len(enc):
         raise DataError(f"warmup subset of {n} examples has no trainable example ({dict(enc.dropped)})")
     model = get_peft_model(load_model(ctx.selector, src, ctx.device, dtype=w.dtype), lora_config(w.lora))
-    metrics = fit(model, tok, enc, w, out / "trainer", cfg.seed, save_every_epoch=True, device=ctx.device)
+    metrics = fit(model, tok, enc, w, out / "trainer", cfg.seed, save_every_epoch=True, device=ctx.device,
+                  stage="warmup", curve=ctx.curve("warmup"))
     ckpts = sorted((out / "trainer").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     if len(ckpts) != w.epochs:
         raise RuntimeError(f"warmup wrote {len(ckpts)} checkpoints for {w.epochs} epochs")
@@ -67,7 +68,9 @@ def build_warmup(ctx: Context, inputs: Inputs, out: Path) -> None:
     write_jsonl(out / "warmup_ids.jsonl", [{"id": i} for i in enc.ids])
     write_json_atomic(out / "warmup.json", {"n_examples": len(enc), "n_tokens": sum(map(len, enc.input_ids)),
                                             "epochs": w.epochs, "dropped": dict(enc.dropped),
-                                            "checkpoints": entries, "train_loss": metrics["train_loss"]})
+                                            "checkpoints": entries, "train_loss": metrics["train_loss"],
+                                            "final_loss": metrics["final_loss"], "steps": metrics["steps"],
+                                            "history": metrics["history"]})
 
 
 def build_init_adapter(ctx: Context, inputs: Inputs, out: Path) -> None:
@@ -84,12 +87,23 @@ def build_init_adapter(ctx: Context, inputs: Inputs, out: Path) -> None:
 
 def _report(ctx: Context, art) -> dict[str, Any]:
     w = json.loads((art.dir / "warmup.json").read_text())
-    return {"warmup": {"n_examples": w["n_examples"], "train_loss": w["train_loss"],
+    return {"warmup": {"n_examples": w["n_examples"], "train_loss": w["train_loss"], "final_loss": w["final_loss"],
+                       "steps": w["steps"],
                        "checkpoints": [{"epoch": c["epoch"], "avg_lr": c["avg_lr"]} for c in w["checkpoints"]]}}
 
 
+def track_curve(prefix: str, record: str):
+    """A stage's ``track``: its training curve to W&B (``<prefix>/loss`` ... against
+    ``<prefix>/step``) when the artifact came from the cache; a build in this run sent it live."""
+    def track(ctx: Context, art, reported: dict[str, Any], tracker) -> None:
+        if art.cached:
+            for point in json.loads((art.dir / record).read_text()).get("history", []):
+                tracker.curve(prefix, point["step"], {k: v for k, v in point.items() if k != "step"})
+    return track
+
+
 WARMUP = Stage(
-    "warmup", step="warmup", build=build_warmup, report=_report,
+    "warmup", step="warmup", build=build_warmup, report=_report, track=track_curve("warmup", "warmup.json"),
     inputs=lambda ctx: {"pool": "pool", "selector": "selector"},
     config=lambda ctx: {"selector": model_spec(ctx.selector), "chat_format": ctx.cfg.chat_format,
                         "warmup": to_plain(ctx.cfg.warmup), "seed": ctx.cfg.seed},
