@@ -1,15 +1,8 @@
-"""The one entrypoint: `python run.py [overrides]` or `python run.py -m [sweep overrides]`."""
+"""The one entrypoint: `python run.py [overrides]` or `python run.py -m [sweep overrides]`
+(`python run.py --help` lists the config groups and common overrides; installed, `less-run` is the
+same command, see less/cli.py)."""
 
-import hydra
-from omegaconf import DictConfig
-
-from less.runner import run
-
-
-@hydra.main(config_path="conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
-
+from less.cli import main
 
 if __name__ == "__main__":
     main()

@@ -164,11 +164,12 @@ def run_one(d: Path, name: str) -> None:
     from hydra import compose, initialize_config_dir
 
     from less.data.formats import read_examples
+    from less.paths import conf_dir
     from less.selection import registry
     from less.selection.registry import Request
     from less.selection.scoring import ranking_order
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"selection={name}"])
     m = registry.get(name)
     if m.check is not None:

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from less.paths import conf_dir
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -26,7 +28,7 @@ os.environ.pop("WANDB_API_KEY", None)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = conf_dir()  # the repository's conf/ in a checkout, less/conf/ in an installed copy
 DATA = ROOT.parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "mmlu").is_dir(),
                                 reason=f"real data not found at {DATA} (../shared/data beside the checkout)")

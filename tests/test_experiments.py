@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import CONF, compose, linked_cache, ok, run_cli, run_pipeline
+from tests.conftest import CONF, ROOT, compose, linked_cache, ok, run_cli, run_pipeline
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if not p.stem.startswith("_"))
 
@@ -126,5 +126,5 @@ def test_analysis_and_results_import_no_torch():
 
     code = ("import sys, analysis.__main__, analysis.plots, less.results; "
             "assert not {'torch', 'transformers'} & set(sys.modules), sorted({'torch', 'transformers'} & set(sys.modules))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=CONF.parent, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
