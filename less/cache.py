@@ -8,6 +8,10 @@ crashed build never leaves something that looks complete. A per-key file lock (`
 held for the whole build, makes two jobs that need the same missing artifact build it once; the
 second waits and then reuses it. A killed build's ``.tmp-<key>`` is removed by the next build of
 that key, and by ``remove_stale_tmp`` (a run opening the cache) as soon as its lock is free.
+``remove`` deletes an artifact under the same lock (renamed to ``.tmp-<key>`` first, so a lookup
+never sees it half-removed).
+
+``python -m less.cache list|show|clean|gc`` inspects and prunes a cache (less.cache_cli).
 """
 
 from __future__ import annotations
@@ -83,6 +87,33 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+@contextmanager
+def _lock_if_free(path: Path, create: bool = True) -> Iterator[bool]:
+    """Hold the exclusive lock on ``path`` if no other process does: yields True while held, False
+    (holding nothing) when another holds it. ``create=False`` only looks: a missing lock file counts
+    as free and is not created (a dry run leaves the cache as it was)."""
+    try:
+        fh = open(path, "a+" if create else "r+")
+    except FileNotFoundError:
+        if create:
+            raise
+        fh = None
+    if fh is None:
+        yield True
+        return
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
+        except BlockingIOError:
+            held = False
+        try:
+            yield held
+        finally:
+            if held:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _tree_bytes(root: Path) -> int:
     total = 0
     for d, _, files in os.walk(root):
@@ -92,6 +123,24 @@ def _tree_bytes(root: Path) -> int:
             except OSError:
                 pass
     return total
+
+
+def dead_work(kind_dir: Path, key: str, host: str) -> list[Path]:
+    """``host``'s per-process work entries of ``key`` in ``kind_dir`` (``.work-<key>-<host>-<pid>``
+    and its ``.lock``) whose process is gone: what ``less.runner.remove_stale_work`` removes. Other
+    hosts' entries are never listed (their processes cannot be checked from here)."""
+    dead = []
+    for d in sorted(Path(kind_dir).glob(f".work-{key}-{host}-*")):
+        pid = d.name.removesuffix(".lock").rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            dead.append(d)
+        except PermissionError:  # alive, another user's
+            pass
+    return dead
 
 
 class Cache:
@@ -118,29 +167,64 @@ class Cache:
         d = self.path(kind, key)
         return Artifact(kind, key, d, d.is_dir())
 
-    def remove_stale_tmp(self) -> tuple[int, int]:
-        """Remove every ``<root>/<kind>/.tmp-<key>`` whose lock nobody holds: left by a killed
-        build (a build under way holds its key's lock, so its directory stays). Best effort: what
-        cannot be removed is logged and left. Returns (directories removed, bytes freed)."""
-        removed = freed = 0
+    def lock_path(self, kind: str, key: str) -> Path:
+        """The per-key lock a build holds from start to rename (and ``remove`` while deleting)."""
+        return self.root / kind / f".{key}.lock"
+
+    def busy(self, kind: str, key: str) -> bool:
+        """Whether another process holds ``kind/key``'s lock now (a build of that key under way)."""
+        with _lock_if_free(self.lock_path(kind, key), create=False) as free:
+            return not free
+
+    def stale_tmp(self, remove: bool = False) -> list[tuple[Path, int]]:
+        """Every ``<root>/<kind>/.tmp-<key>`` whose lock nobody holds (left by a killed build: a
+        build under way holds its key's lock, so its directory is never listed), with its size;
+        ``remove=True`` also removes them, under that lock. Best effort: what cannot be removed is
+        logged and left out."""
+        found = []
         for tmp in sorted(self.root.glob("*/.tmp-*")):
             key = tmp.name[len(".tmp-"):]
             try:
-                with open(tmp.parent / f".{key}.lock", "a+") as fh:
-                    try:
-                        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except OSError:  # a build of this key is under way
-                        continue
-                    try:
-                        if tmp.is_dir() and not tmp.is_symlink():
-                            size = _tree_bytes(tmp)
+                with _lock_if_free(tmp.parent / f".{key}.lock", create=remove) as free:
+                    if free and tmp.is_dir() and not tmp.is_symlink():
+                        size = _tree_bytes(tmp)
+                        if remove:
                             shutil.rmtree(tmp)
-                            removed, freed = removed + 1, freed + size
-                    finally:
-                        fcntl.flock(fh, fcntl.LOCK_UN)
+                        found.append((tmp, size))
             except OSError as e:
                 log.warning("cache: cannot remove %s (%s)", tmp, e.strerror or e)
-        return removed, freed
+        return found
+
+    def remove_stale_tmp(self) -> tuple[int, int]:
+        """Remove every ``.tmp-<key>`` left by a killed build (``stale_tmp``). Returns
+        (directories removed, bytes freed)."""
+        removed = self.stale_tmp(remove=True)
+        return len(removed), sum(size for _, size in removed)
+
+    def remove(self, kind: str, key: str) -> int | None:
+        """Delete artifact ``kind/key`` unless another process holds its lock (then None). Under the
+        lock it is renamed to ``.tmp-<key>`` (a job looking it up from then on finds it missing and
+        rebuilds it after the lock is free, never a half-removed directory; a job that already
+        opened files in it keeps reading them), then deleted. An artifact that is a symbolic link
+        loses the link only. Returns the bytes freed (0 if it was gone already or is a link); an
+        OSError leaves at most a ``.tmp-<key>``, which ``remove_stale_tmp`` clears later."""
+        final, tmp = self.path(kind, key), self.tmp_path(kind, key)
+        with _lock_if_free(self.lock_path(kind, key)) as free:
+            if not free:
+                return None
+            if not (final.is_dir() or final.is_symlink()):
+                return 0
+            if tmp.is_dir() and not tmp.is_symlink():  # a killed build's leftover: we hold its lock
+                shutil.rmtree(tmp)
+            elif tmp.exists() or tmp.is_symlink():
+                tmp.unlink()
+            os.rename(final, tmp)
+            if tmp.is_symlink():
+                tmp.unlink()
+                return 0
+            size = _tree_bytes(tmp)
+            shutil.rmtree(tmp)
+            return size
 
     def get_or_build(
         self, kind: str, spec: dict[str, Any], build: Callable[[Path], None]
@@ -151,7 +235,7 @@ class Cache:
         if final.is_dir():
             log.info("cache hit: %s/%s", kind, key)
             return Artifact(kind, key, final, True)
-        with _file_lock(self.root / kind / f".{key}.lock"):
+        with _file_lock(self.lock_path(kind, key)):
             if final.is_dir():  # another job built it while we waited
                 log.info("cache hit: %s/%s (built by another job)", kind, key)
                 return Artifact(kind, key, final, True)
@@ -171,3 +255,9 @@ class Cache:
                 raise
         log.info("built: %s/%s", kind, key)
         return Artifact(kind, key, final, False)
+
+
+if __name__ == "__main__":  # python -m less.cache ...
+    from less.cache_cli import main
+
+    raise SystemExit(main())
