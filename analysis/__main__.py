@@ -30,10 +30,10 @@ def report(argv: list[str] | None) -> Path:
     a = p.parse_args(argv)
     if bool(a.sweep) == bool(a.wandb):
         p.error("give a sweep directory or --wandb entity/project")
-    df = load_wandb(a.wandb, a.group) if a.wandb else load(a.sweep)
     try:
+        df = load_wandb(a.wandb, a.group) if a.wandb else load(a.sweep)
         metrics, by = resolve_metrics(df, a.metric), resolve_by(df, a.by)
-    except KeyError as e:
+    except (FileNotFoundError, LookupError) as e:  # no runs; an unknown --metric or --by column
         p.error(e.args[0])
     out = Path(a.out) if a.out else (Path(a.sweep) / "analysis" if a.sweep else Path("analysis_wandb"))
     out.mkdir(parents=True, exist_ok=True)

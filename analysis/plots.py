@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from analysis.tables import (fmt_value, in_display_units, label, resolve_by,  # noqa: E402
+from analysis.tables import (fmt_value, groups, in_display_units, label, resolve_by,  # noqa: E402
                              resolve_metrics)
 
 AXES = {"fraction": "selection fraction (of the pool)", "proj_dim": "projection dimension"}
@@ -54,7 +54,7 @@ def curve_data(df: pd.DataFrame, metric: str, axis: str, by: Sequence[str] | Non
     d = d[d[axis].notna() & d[metric].notna()].assign(**{axis: lambda x: pd.to_numeric(x[axis])})
     if d.empty:
         return pd.DataFrame(columns=["line", axis, "mean", "std", "n"])
-    g = d.groupby([*lines, axis], dropna=False, sort=True)[metric].agg(["mean", "std", "count"]).reset_index()
+    g = groups(d, [*lines, axis])[metric].agg(["mean", "std", "count"]).reset_index()
     keys = g[lines].itertuples(index=False, name=None) if lines else [()] * len(g)
     g.insert(0, "line", [line_label(lines, k) if lines else label(metric) for k in keys])
     return g.rename(columns={"count": "n"})[["line", axis, "mean", "std", "n"]]
@@ -135,7 +135,7 @@ def composition_figure(df: pd.DataFrame, by: Sequence[str] | None = None) -> Fig
     shares = pd.concat([df[by], shares], axis=1)[total > 0]
     if shares.empty:
         return None
-    mean = shares.groupby(by, dropna=False, sort=True)[cols].mean() if by else shares[cols].mean().to_frame().T
+    mean = groups(shares, by)[cols].mean() if by else shares[cols].mean().to_frame().T
     names = [line_label(by, k if isinstance(k, tuple) else (k,)) for k in mean.index] if by else ["all runs"]
     fig, ax = plt.subplots(figsize=(3 + 0.5 * len(mean), 3.8))
     bottom = np.zeros(len(mean))

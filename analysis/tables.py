@@ -79,9 +79,10 @@ def resolve_metrics(df: pd.DataFrame, names: Sequence[str] | None) -> list[str]:
     out = []
     for n in split_names(names):
         col = n if n in df else f"eval.{n}" if f"eval.{n}" in df else None
-        if col is None:
-            raise KeyError(f"no metric column {n!r}; numeric columns: "
-                           + ", ".join(c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])))
+        if col is None or not pd.api.types.is_numeric_dtype(df[col]):
+            some = [c for p in ("eval.", "selection.", "train.") for c in df.columns
+                    if c.startswith(p) and pd.api.types.is_numeric_dtype(df[c])]
+            raise KeyError(f"no numeric column {n!r}; e.g. {', '.join(some[:20])}" + (", ..." if len(some) > 20 else ""))
         out.append(col)
     return out
 
@@ -94,7 +95,7 @@ def default_by(df: pd.DataFrame) -> list[str]:
     for c in config_columns(df):
         if c == "seed" or is_bookkeeping(c) or df[c].astype(str).nunique() < 2:
             continue
-        if by and (df.astype({c: str}).groupby(by, dropna=False)[c].nunique() <= 1).all():
+        if by and (groups(df.astype({c: str}), by)[c].nunique() <= 1).all():
             continue
         by.append(c)
     return by
@@ -110,9 +111,13 @@ def resolve_by(df: pd.DataFrame, names: Sequence[str] | None) -> list[str]:
     return by
 
 
-def _groups(df: pd.DataFrame, by: list[str]):
+def groups(df: pd.DataFrame, by: list[str]):
     if not by:
         return df.assign(all="all").groupby("all")
+    # a column mixing types (overrides 10 and "null"...) cannot be sorted: group it as text
+    mixed = [c for c in by if df[c].dtype == object and df[c].dropna().map(type).nunique() > 1]
+    if mixed:
+        df = df.assign(**{c: df[c].map(lambda v: v if pd.isna(v) else str(v)) for c in mixed})
     return df.groupby(by, dropna=False, sort=True)
 
 
@@ -121,7 +126,7 @@ def aggregate(df: pd.DataFrame, metrics: Sequence[str] | None = None, by: Sequen
     display units (std: sample std over the group's runs; n: runs with a value)."""
     metrics, by = resolve_metrics(df, metrics), resolve_by(df, by)
     shown = in_display_units(df, metrics)
-    return _groups(shown, by)[metrics].agg(["mean", "std", "count"]).rename(columns={"count": "n"}, level=1)
+    return groups(shown, by)[metrics].agg(["mean", "std", "count"]).rename(columns={"count": "n"}, level=1)
 
 
 def fmt_value(v) -> str:
@@ -143,7 +148,7 @@ def table(df: pd.DataFrame, metrics: Sequence[str] | None = None, by: Sequence[s
     """:func:`aggregate` as text: a column per ``by`` key, ``mean ± std`` per metric, ``n`` runs."""
     metrics, by = resolve_metrics(df, metrics), resolve_by(df, by)
     agg = aggregate(df, metrics, by)
-    sizes = _groups(df, by).size().to_numpy()  # same groups, same order as agg
+    sizes = groups(df, by).size().to_numpy()  # same groups, same order as agg
     rows = []
     for (key, r), n_row in zip(agg.iterrows(), sizes):
         keys = key if isinstance(key, tuple) else (key,)

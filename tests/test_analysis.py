@@ -264,3 +264,14 @@ def test_load_wandb_has_the_columns_of_load(monkeypatch):
     assert "selection.top" not in df and "_step" not in df
     # the varying config keys stand for the overrides; logger.* is bookkeeping
     assert {"selection.method", "selection.fraction"} <= set(df.attrs["config_columns"]) and "logger.group" not in df
+
+
+def test_groups_of_a_column_mixing_numbers_and_text(sweep):
+    from analysis import load, table
+
+    df = load(sweep)
+    df["selection.k"] = [10 if s == 0 else "none" for s in df["seed"]]
+    t = table(df, ["eval.arith.acc"], ["selection.k"])
+    assert t["selection.k"].tolist() == ["10", "none"] and t["n"].tolist() == [4, 8]
+    with pytest.raises(KeyError):
+        table(df, ["selection.method"], ["method"])  # not numeric
