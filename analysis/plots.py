@@ -1,9 +1,21 @@
-"""PNG plots of a sweep: metric vs projection dim / selection fraction, the transfer matrix
-(selector x target model), selection overlap (Jaccard) heatmap, composition of each selection."""
+"""PNG plots of a :func:`analysis.load` frame, one figure per metric where a metric is drawn.
+
+- ``metric_vs_<axis>.<metric>.png`` (axis ``fraction`` or ``proj_dim``, when it takes two values or
+  more): one line per group of the other ``by`` columns (method, model, ...), the mean over its
+  runs (seeds) at each axis value, error bars ± the sample std over them: the table's numbers.
+  Runs without a value on the axis (``proj_dim`` of non-LESS methods) are left out.
+- ``transfer_matrix.<metric>.png``: selector model x trained model, mean over the LESS runs.
+- ``selection_overlap.png``: Jaccard overlap of the selections of the first seed's runs.
+- ``composition_by_source.png``: each group's mean share of its selection per pool source.
+
+Each ``*_figure`` function returns the matplotlib Figure (or None when there is nothing to draw);
+:func:`curve_data` is what ``metric_vs`` draws. Values are in the table's display units.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -11,112 +23,141 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
-from analysis.collect import Run  # noqa: E402
-from analysis.tables import metric_columns  # noqa: E402
+from analysis.tables import (fmt_value, groups, in_display_units, label, resolve_by,  # noqa: E402
+                             resolve_metrics)
+
+AXES = {"fraction": "selection fraction (of the pool)", "proj_dim": "projection dimension"}
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def _label(r: Run) -> str:
-    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in r.axes.items()) or Path(r.path).name
+def line_label(cols: Sequence[str], key: tuple) -> str:
+    if len(cols) == 1:
+        return fmt_value(key[0])
+    return ", ".join(f"{c}={fmt_value(v)}" for c, v in zip(cols, key))
 
 
-def metric_vs(runs: list[Run], axis: str, out: Path, xlabel: str) -> Path | None:
-    pts = [r for r in runs if r.axes.get(axis) not in (None, "")]
-    if len({r.axes[axis] for r in pts}) < 2:
+def curve_data(df: pd.DataFrame, metric: str, axis: str, by: Sequence[str] | None = None) -> pd.DataFrame:
+    """Columns ``line`` (the legend label), ``axis``, ``mean``, ``std`` (sample std, NaN for one
+    run), ``n``: one row per (line, axis value) with a value, lines being the groups of ``by``
+    (default: the table's) without ``axis`` and ``seed``."""
+    lines = [c for c in resolve_by(df, by) if c not in (axis, "seed")]
+    d = in_display_units(df, [metric])
+    d = d[d[axis].notna() & d[metric].notna()].assign(**{axis: lambda x: pd.to_numeric(x[axis])})
+    if d.empty:
+        return pd.DataFrame(columns=["line", axis, "mean", "std", "n"])
+    g = groups(d, [*lines, axis])[metric].agg(["mean", "std", "count"]).reset_index()
+    keys = g[lines].itertuples(index=False, name=None) if lines else [()] * len(g)
+    g.insert(0, "line", [line_label(lines, k) if lines else label(metric) for k in keys])
+    return g.rename(columns={"count": "n"})[["line", axis, "mean", "std", "n"]]
+
+
+def metric_vs_figure(df: pd.DataFrame, metric: str, axis: str, by: Sequence[str] | None = None) -> Figure | None:
+    data = curve_data(df, metric, axis, by)
+    if data[axis].nunique() < 2:
         return None
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for col in metric_columns(runs):
-        xs = sorted({float(r.axes[axis]) for r in pts})
-        ys = [np.mean([r.get(col) for r in pts if float(r.axes[axis]) == x and r.get(col) is not None] or [np.nan])
-              for x in xs]
-        ax.plot(xs, ys, marker="o", label=col.removeprefix("eval."))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("metric")
-    if axis.endswith("proj_dim"):
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, line in data.groupby("line", sort=False):
+        ax.errorbar(line[axis].to_numpy(float), line["mean"].to_numpy(float), yerr=line["std"].fillna(0).to_numpy(float),
+                    marker="o", capsize=3, label=name)
+    lo, hi = int(data["n"].min()), int(data["n"].max())
+    ax.legend(fontsize=7, title=f"error bars: ± std over seeds (n = {lo}{'' if lo == hi else f'–{hi}'})",
+              title_fontsize=7)
+    ax.set_xlabel(AXES.get(axis, axis))
+    ax.set_ylabel(label(metric))
+    if axis == "proj_dim":
         ax.set_xscale("log", base=2)
-    ax.legend(fontsize=7)
-    return _save(fig, out / f"metric_vs_{axis.split('.')[-1]}.png")
+    ax.set_title(f"{metric.removeprefix('eval.')} vs {AXES.get(axis, axis)}", fontsize=9)
+    return fig
 
 
-def transfer_matrix(runs: list[Run], out: Path) -> Path | None:
-    cols = metric_columns(runs)
-    if not cols:
+def transfer_matrix_figure(df: pd.DataFrame, metric: str) -> Figure | None:
+    d = in_display_units(df, [metric])
+    d = d[d[metric].notna() & d["selector"].notna() & d["model"].notna()]
+    if (d["method"] == "less").any():
+        d = d[d["method"] == "less"]
+    grid = d.pivot_table(index="selector", columns="model", values=metric, aggfunc="mean")
+    if grid.size < 2:
         return None
-    sel = sorted({r.get("config.selector") for r in runs if r.get("config.selector")})
-    mod = sorted({r.get("config.model") for r in runs if r.get("config.model")})
-    if len(sel) * len(mod) < 2:
-        return None
-    less = [r for r in runs if r.get("selection.method") == "less"] or runs
-    grid = np.full((len(sel), len(mod)), np.nan)
-    for i, s in enumerate(sel):
-        for j, m in enumerate(mod):
-            vals = [r.get(cols[0]) for r in less if r.get("config.selector") == s and r.get("config.model") == m
-                    and r.get(cols[0]) is not None]
-            if vals:
-                grid[i, j] = np.mean(vals)
-    fig, ax = plt.subplots(figsize=(1.5 + 1.3 * len(mod), 1.2 + 0.9 * len(sel)))
-    im = ax.imshow(grid, cmap="viridis")
-    ax.set_xticks(range(len(mod)), mod, rotation=30, ha="right")
-    ax.set_yticks(range(len(sel)), sel)
-    ax.set_xlabel("target model (trained)")
-    ax.set_ylabel("selector model")
-    for (i, j), v in np.ndenumerate(grid):
+    fig, ax = plt.subplots(figsize=(2 + 1.3 * grid.shape[1], 1.6 + 0.9 * grid.shape[0]))
+    im = ax.imshow(grid.to_numpy(), cmap="viridis")
+    ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=30, ha="right")
+    ax.set_yticks(range(grid.shape[0]), grid.index)
+    ax.set_xlabel("trained model (M_T)")
+    ax.set_ylabel("selector model (M_S)")
+    for (i, j), v in np.ndenumerate(grid.to_numpy()):
         if not np.isnan(v):
-            ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="w", fontsize=8)
-    fig.colorbar(im, ax=ax, label=cols[0].rsplit(".", 1)[-1])
-    ax.set_title(cols[0].removeprefix("eval.").rsplit(".", 1)[0], fontsize=8)
-    return _save(fig, out / "transfer_matrix.png")
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w", fontsize=8)
+    fig.colorbar(im, ax=ax, label=label(metric))
+    ax.set_title(f"{metric.removeprefix('eval.')}: selector x trained model (mean over seeds)", fontsize=8)
+    return fig
 
 
-def overlap_heatmap(runs: list[Run], out: Path) -> Path | None:
-    sets, labels = [], []
-    for r in runs:
-        p = r.get("selection.selected")
-        if p and Path(p).is_file():
-            sets.append({json.loads(line)["id"] for line in open(p)})
-            labels.append(_label(r))
-    if len(sets) < 2:
+def overlap_figure(df: pd.DataFrame, by: Sequence[str] | None = None) -> Figure | None:
+    by = resolve_by(df, by)
+    d = df[df["selection.selected"].map(lambda p: isinstance(p, str) and Path(p).is_file())] \
+        if "selection.selected" in df else df.iloc[:0]
+    if d["seed"].notna().any():
+        d = d[d["seed"] == d["seed"].min()]  # one seed's selections keep the heatmap readable
+    if len(d) < 2:
         return None
-    n = len(sets)
+    sets = [{json.loads(line)["id"] for line in open(p)} for p in d["selection.selected"]]
+    labels = [line_label(by, k) if by else Path(p).name
+              for k, p in zip(d[by].itertuples(index=False, name=None), d["path"])]
     jac = np.array([[len(a & b) / len(a | b) if a | b else 1.0 for b in sets] for a in sets])
-    fig, ax = plt.subplots(figsize=(2 + 0.5 * n, 1.5 + 0.45 * n))
-    im = ax.imshow(jac, vmin=0, vmax=1, cmap="magma")
+    n = len(sets)
+    fig, ax = plt.subplots(figsize=(2.5 + 0.5 * n, 2 + 0.45 * n))
+    im = ax.imshow(jac * 100, vmin=0, vmax=100, cmap="magma")
     ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=6)
     ax.set_yticks(range(n), labels, fontsize=6)
-    fig.colorbar(im, ax=ax, label="Jaccard overlap of selections")
-    return _save(fig, out / "selection_overlap.png")
+    fig.colorbar(im, ax=ax, label="Jaccard overlap (%)")
+    seed = d["seed"].iloc[0]
+    ax.set_title("Overlap of the selections" + (f" (seed {fmt_value(seed)})" if pd.notna(seed) else ""), fontsize=8)
+    return fig
 
 
-def composition(runs: list[Run], out: Path) -> Path | None:
-    comp = [(_label(r), r.get("selection.by_source") or {}) for r in runs if r.get("selection.by_source")]
-    if not comp:
+def composition_figure(df: pd.DataFrame, by: Sequence[str] | None = None) -> Figure | None:
+    cols = [c for c in df.columns if c.startswith("selection.by_source.")]
+    if not cols:
         return None
-    sources = sorted({s for _, c in comp for s in c})
-    fig, ax = plt.subplots(figsize=(2 + 0.5 * len(comp), 3.5))
-    bottom = np.zeros(len(comp))
-    for s in sources:
-        vals = np.array([c.get(s, 0) / max(1, sum(c.values())) for _, c in comp])
-        ax.bar(range(len(comp)), vals, bottom=bottom, label=s)
-        bottom += vals
-    ax.set_xticks(range(len(comp)), [lab for lab, _ in comp], rotation=60, ha="right", fontsize=6)
-    ax.set_ylabel("share of the selection")
-    ax.legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
-    return _save(fig, out / "composition_by_source.png")
+    by = resolve_by(df, by)
+    counts = df[cols].apply(pd.to_numeric, errors="coerce").fillna(0)
+    total = counts.sum(axis=1)
+    shares = counts.div(total.where(total > 0), axis=0) * 100
+    shares = pd.concat([df[by], shares], axis=1)[total > 0]
+    if shares.empty:
+        return None
+    mean = groups(shares, by)[cols].mean() if by else shares[cols].mean().to_frame().T
+    names = [line_label(by, k if isinstance(k, tuple) else (k,)) for k in mean.index] if by else ["all runs"]
+    fig, ax = plt.subplots(figsize=(3 + 0.5 * len(mean), 3.8))
+    bottom = np.zeros(len(mean))
+    for c in cols:
+        ax.bar(range(len(mean)), mean[c].to_numpy(), bottom=bottom, label=c.removeprefix("selection.by_source."))
+        bottom += mean[c].to_numpy()
+    ax.set_xticks(range(len(mean)), names, rotation=60, ha="right", fontsize=6)
+    ax.set_ylabel("share of the selection (%)")
+    ax.set_title("Selection by pool source (mean over seeds)", fontsize=8)
+    ax.legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left", title="source", title_fontsize=6)
+    return fig
 
 
-def all_plots(runs: list[Run], out: Path) -> list[Path]:
+def all_plots(df: pd.DataFrame, out: Path, metrics: Sequence[str] | None = None,
+              by: Sequence[str] | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    made = [metric_vs(runs, "selection.proj_dim", out, "projection dimension"),
-            metric_vs(runs, "selection.fraction", out, "selection fraction"),
-            transfer_matrix(runs, out),
-            # one seed's selections keep the heatmap readable
-            overlap_heatmap([r for r in runs if r.axes.get("seed", "0") == "0"] or runs, out),
-            composition(runs, out)]
-    return [p for p in made if p is not None]
+    metrics, by = resolve_metrics(df, metrics), resolve_by(df, by)
+    made = []
+    for m in metrics:
+        slug = m.removeprefix("eval.")
+        for axis in AXES:
+            made.append((metric_vs_figure(df, m, axis, by), f"metric_vs_{axis}.{slug}.png"))
+        made.append((transfer_matrix_figure(df, m), f"transfer_matrix.{slug}.png"))
+    made += [(overlap_figure(df, by), "selection_overlap.png"), (composition_figure(df, by), "composition_by_source.png")]
+    return [_save(fig, out / name) for fig, name in made if fig is not None]

@@ -1,77 +1,191 @@
-"""Paper-style tables: mean +- std over seeds, in markdown and LaTeX."""
+"""Paper-style tables from a :func:`analysis.load` frame: mean ± std and n per group, by pandas.
+
+- Metrics (``metrics``): any numeric results columns; default :func:`headline_metrics`.
+- Groups (``by``): any columns; default :func:`default_by`. The runs of a group are its seeds.
+- Units: accuracy, exact match, F1, shares and overlaps are shown in % (:func:`in_display_units`,
+  also used by the plots); a column whose values already exceed 1 (TyDiQA's F1 and exact match
+  are computed in %) is left as it is. Std is the sample std (ddof=1) over a group's runs.
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
+import re
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 
-from analysis.collect import Run
+from analysis.collect import config_columns, is_bookkeeping
 
-SEED_KEYS = ("seed",)
+PERCENT = ("acc", "acc_norm", "exact_match", "em", "f1", "jaccard_vs_less")
+EVAL_METRIC = re.compile(r"^eval\.([^.]+)\.([^.]+)$")
 
 
-def metric_columns(runs: list[Run]) -> list[str]:
-    """Each eval task's headline metric (first non-stderr one), then the selection's target share."""
-    cols = []
-    for r in runs:
-        for task, ms in (r.get("eval") or {}).items():
-            if not isinstance(ms, dict):
-                continue
-            names = [m for m, v in ms.items() if m != "subtasks" and not m.endswith("stderr")
-                     and isinstance(v, (int, float))]
-            if names and f"eval.{task}.{names[0]}" not in cols:
-                cols.append(f"eval.{task}.{names[0]}")
-    if any(r.get("selection.target_share") is not None for r in runs):
+def metric_name(col: str) -> str:
+    return col.rsplit(".", 1)[-1].removesuffix("_stderr")
+
+
+def is_percent(col: str) -> bool:
+    name = metric_name(col)
+    return name in PERCENT or name.endswith("_share")
+
+
+def scale(df: pd.DataFrame, col: str) -> float:
+    """100 for a percent metric stored as a fraction (its values, or its metric's for a stderr
+    column, are all within [0, 1]), else 1."""
+    if not is_percent(col):
+        return 1.0
+    base = col.removesuffix("_stderr") if col.removesuffix("_stderr") in df else col
+    vals = pd.to_numeric(df[base], errors="coerce").abs()
+    return 100.0 if vals.notna().any() and vals.max() <= 1 else 1.0
+
+
+def in_display_units(df: pd.DataFrame, cols: Iterable[str]) -> pd.DataFrame:
+    """A copy of ``df`` with ``cols`` numeric and percent metrics in %."""
+    out = df.copy()
+    for c in cols:
+        out[c] = pd.to_numeric(df[c], errors="coerce") * scale(df, c)
+    return out
+
+
+def label(col: str) -> str:
+    """A metric's name for headers and axes: without ``eval.``, with its unit."""
+    return col.removeprefix("eval.") + (" (%)" if is_percent(col) else "")
+
+
+def headline_metrics(df: pd.DataFrame) -> list[str]:
+    """Each eval task's first metric that is not a stderr (lm-eval's order: the task's main one),
+    then ``selection.target_share`` when some run has it."""
+    cols, tasks = [], set()
+    for c in df.columns:
+        m = EVAL_METRIC.match(c)
+        if m and not c.endswith("_stderr") and m[1] not in tasks and pd.api.types.is_numeric_dtype(df[c]):
+            tasks.add(m[1])
+            cols.append(c)
+    if "selection.target_share" in df and df["selection.target_share"].notna().any():
         cols.append("selection.target_share")
     return cols
 
 
-def group_key(r: Run) -> tuple:
-    return tuple((k, v) for k, v in r.axes.items() if k not in SEED_KEYS)
+def split_names(values: Iterable[str] | None) -> list[str]:
+    """``["a,b", "c"]`` -> ``["a", "b", "c"]`` (repeatable flags and comma lists alike)."""
+    return [v.strip() for x in values or [] for v in str(x).split(",") if v.strip()]
 
 
-def aggregate(runs: list[Run], cols: list[str]) -> tuple[list[str], list[tuple[tuple, dict[str, str], dict]]]:
-    groups: dict[tuple, list[Run]] = defaultdict(list)
-    for r in runs:
-        groups[group_key(r)].append(r)
-    axes = [k for k in (runs[0].axes if runs else {}) if k not in SEED_KEYS]
+def resolve_metrics(df: pd.DataFrame, names: Sequence[str] | None) -> list[str]:
+    """Column names for ``names`` (``eval.`` may be left out); default: :func:`headline_metrics`."""
+    if not names:
+        return headline_metrics(df)
+    out = []
+    for n in split_names(names):
+        col = n if n in df else f"eval.{n}" if f"eval.{n}" in df else None
+        if col is None or not pd.api.types.is_numeric_dtype(df[col]):
+            some = [c for p in ("eval.", "selection.", "train.") for c in df.columns
+                    if c.startswith(p) and pd.api.types.is_numeric_dtype(df[c])]
+            raise KeyError(f"no numeric column {n!r}; e.g. {', '.join(some[:20])}" + (", ..." if len(some) > 20 else ""))
+        out.append(col)
+    return out
+
+
+def default_by(df: pd.DataFrame) -> list[str]:
+    """The configuration columns that vary across the runs, except ``seed`` and bookkeeping
+    overrides (cache_dir, logger, ...), and except those the columns before them already determine
+    (``selection=random`` beside ``method``; ``proj_dim``, which only LESS runs have, beside ``method``)."""
+    by: list[str] = []
+    for c in config_columns(df):
+        if c == "seed" or is_bookkeeping(c) or df[c].astype(str).nunique() < 2:
+            continue
+        if by and (groups(df.astype({c: str}), by)[c].nunique() <= 1).all():
+            continue
+        by.append(c)
+    return by
+
+
+def resolve_by(df: pd.DataFrame, names: Sequence[str] | None) -> list[str]:
+    if not names:
+        return default_by(df)
+    by = split_names(names)
+    missing = [c for c in by if c not in df]
+    if missing:
+        raise KeyError(f"no column {missing}; configuration columns: {', '.join(config_columns(df))}")
+    return by
+
+
+def groups(df: pd.DataFrame, by: list[str]):
+    if not by:
+        return df.assign(all="all").groupby("all")
+    # a column mixing types (overrides 10 and "null"...) cannot be sorted: group it as text
+    mixed = [c for c in by if df[c].dtype == object and df[c].dropna().map(type).nunique() > 1]
+    if mixed:
+        df = df.assign(**{c: df[c].map(lambda v: v if pd.isna(v) else str(v)) for c in mixed})
+    return df.groupby(by, dropna=False, sort=True)
+
+
+def aggregate(df: pd.DataFrame, metrics: Sequence[str] | None = None, by: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per group of ``by`` (default :func:`default_by`); columns (metric, mean | std | n) in
+    display units (std: sample std over the group's runs; n: runs with a value)."""
+    metrics, by = resolve_metrics(df, metrics), resolve_by(df, by)
+    shown = in_display_units(df, metrics)
+    return groups(shown, by)[metrics].agg(["mean", "std", "count"]).rename(columns={"count": "n"}, level=1)
+
+
+def fmt_value(v) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "–"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _fmt_cell(mean: float, std: float, n: int, n_row: int) -> str:
+    if n == 0:
+        return "–"
+    cell = f"{mean:.1f}" if n < 2 else f"{mean:.1f} ± {std:.1f}"
+    return cell if n == n_row else f"{cell} (n={n})"
+
+
+def table(df: pd.DataFrame, metrics: Sequence[str] | None = None, by: Sequence[str] | None = None) -> pd.DataFrame:
+    """:func:`aggregate` as text: a column per ``by`` key, ``mean ± std`` per metric, ``n`` runs."""
+    metrics, by = resolve_metrics(df, metrics), resolve_by(df, by)
+    agg = aggregate(df, metrics, by)
+    sizes = groups(df, by).size().to_numpy()  # same groups, same order as agg
     rows = []
-    for key, members in groups.items():
-        cells, stats = {}, {}
-        for c in cols:
-            vals = np.array([m.get(c) for m in members if m.get(c) is not None], dtype=float)
-            if len(vals):
-                scale = 100.0 if c.endswith(("acc", "target_share", "exact_match")) and vals.max() <= 1 else 1.0
-                mean, std = vals.mean() * scale, vals.std(ddof=1) * scale if len(vals) > 1 else 0.0
-                cells[c] = f"{mean:.1f} ± {std:.1f}" if len(vals) > 1 else f"{mean:.1f}"
-                stats[c] = (mean, std, len(vals))
-            else:
-                cells[c] = "–"
-        rows.append((key, cells, stats))
-    return axes, rows
+    for (key, r), n_row in zip(agg.iterrows(), sizes):
+        keys = key if isinstance(key, tuple) else (key,)
+        n_row = int(n_row)
+        rows.append({**({k: fmt_value(v) for k, v in zip(by, keys)} if by else {"runs": "all"}),
+                     **{label(m): _fmt_cell(r[(m, "mean")], r[(m, "std")], int(r[(m, "n")]), n_row) for m in metrics},
+                     "n": n_row})
+    return pd.DataFrame(rows)
 
 
-def markdown(runs: list[Run]) -> str:
-    cols = metric_columns(runs)
-    axes, rows = aggregate(runs, cols)
-    n = max((len([m for m in runs if group_key(m) == key]) for key, _, _ in rows), default=1)
-    head = axes + [c.removeprefix("eval.") for c in cols]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, cells, _ in rows:
-        lines.append("| " + " | ".join([dict(key).get(a, "") for a in axes] + [cells[c] for c in cols]) + " |")
-    note = f"\nMean ± std over {n} seeds; accuracy, exact match and shares in %." if n > 1 else \
-        "\nOne run per row; accuracy, exact match and shares in %."
-    return "\n".join(lines) + "\n" + note + "\n"
+def note(df: pd.DataFrame, metrics: Sequence[str] | None = None, by: Sequence[str] | None = None) -> str:
+    metrics, by = resolve_metrics(df, metrics), resolve_by(df, by)
+    pct = [label(m).removesuffix(" (%)") for m in metrics if is_percent(m)]
+    return ("Mean ± std (sample std, ddof=1) over the n runs of each row (its seeds)"
+            + (f", grouped by {', '.join(by)}" if by else "") + "; one value where n = 1; "
+            + (f"{', '.join(pct)} in %." if pct else "no percent metrics."))
 
 
-def latex(runs: list[Run]) -> str:
-    cols = metric_columns(runs)
-    axes, rows = aggregate(runs, cols)
-    esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")
-    out = [r"\begin{tabular}{" + "l" * len(axes) + "r" * len(cols) + "}", r"\toprule",
-           " & ".join(esc(h) for h in axes + [c.removeprefix("eval.") for c in cols]) + r" \\", r"\midrule"]
-    for key, cells, _ in rows:
-        out.append(" & ".join([esc(dict(key).get(a, "")) for a in axes] + [esc(cells[c]) for c in cols]) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(out) + "\n"
+def markdown(df: pd.DataFrame, metrics: Sequence[str] | None = None, by: Sequence[str] | None = None) -> str:
+    metrics, by = resolve_metrics(df, metrics), resolve_by(df, by)
+    t = table(df, metrics, by)
+    align = ["left"] * (t.shape[1] - len(metrics) - 1) + ["right"] * (len(metrics) + 1)
+    return t.to_markdown(index=False, disable_numparse=True, colalign=align) + "\n\n" + note(df, metrics, by) + "\n"
+
+
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def tex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in str(text)).replace("±", r"$\pm$").replace("–", "--")
+
+
+def latex(df: pd.DataFrame, metrics: Sequence[str] | None = None, by: Sequence[str] | None = None) -> str:
+    metrics, by = resolve_metrics(df, metrics), resolve_by(df, by)
+    t = table(df, metrics, by)
+    t = t.map(tex_escape).rename(columns=tex_escape)
+    n_keys = t.shape[1] - len(metrics) - 1
+    return f"% {note(df, metrics, by)}\n" + t.to_latex(index=False, escape=False,
+                                                       column_format="l" * n_keys + "r" * (len(metrics) + 1))

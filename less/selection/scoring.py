@@ -6,7 +6,7 @@ with w_i the checkpoints' average learning rates renormalised to sum to 1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -26,22 +26,30 @@ def subtask_groups(subtasks: Sequence[str]) -> dict[str, np.ndarray]:
     return {s: np.asarray(ix) for s, ix in groups.items()}
 
 
-def less_scores(pool: Sequence, target: Sequence[np.ndarray], weights: np.ndarray,
-                subtasks: Sequence[str], chunk: int = 16384, reduce: str = "max") -> np.ndarray:
-    """Score per pool row, computed chunk by chunk: pool arrays may be memory-mapped (or any
-    object whose row slices decode to float32), so peak memory is one chunk plus the scores.
-    ``reduce="mean"`` averages over subtasks instead of taking the max (an ablation)."""
+def subtask_score_chunks(pool: Sequence, target: Sequence[np.ndarray], weights: np.ndarray,
+                         subtasks: Sequence[str], chunk: int = 16384) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(start, stop, scores)`` for consecutive pool row chunks, ``scores[r, j]`` = sum over
+    checkpoints of w_i x the mean over subtask j's target rows of <f_i(pool row), f_i(target row)>
+    (subtasks in first-seen order); the score of a row is the max (or mean) of its row."""
     if not (len(pool) == len(target) == len(weights)):
         raise ValueError("one pool array, one target array and one weight per checkpoint")
     groups = list(subtask_groups(subtasks).values())
     # mean within a subtask = one product with the subtask's mean target row (linearity)
     means = [np.stack([np.asarray(t, np.float32)[ix].mean(0) for ix in groups], 1) for t in target]
     n = len(pool[0])
-    scores = np.empty(n, dtype=np.float32)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        per_sub = sum(np.float32(w) * (np.asarray(p[start:stop], np.float32) @ m)
-                      for w, p, m in zip(weights, pool, means))
+        yield start, stop, sum(np.float32(w) * (np.asarray(p[start:stop], np.float32) @ m)
+                               for w, p, m in zip(weights, pool, means))
+
+
+def less_scores(pool: Sequence, target: Sequence[np.ndarray], weights: np.ndarray,
+                subtasks: Sequence[str], chunk: int = 16384, reduce: str = "max") -> np.ndarray:
+    """Score per pool row, computed chunk by chunk: pool arrays may be memory-mapped (or any
+    object whose row slices decode to float32), so peak memory is one chunk plus the scores.
+    ``reduce="mean"`` averages over subtasks instead of taking the max (an ablation)."""
+    scores = np.empty(len(pool[0]) if len(pool) else 0, dtype=np.float32)
+    for start, stop, per_sub in subtask_score_chunks(pool, target, weights, subtasks, chunk):
         scores[start:stop] = per_sub.max(1) if reduce == "max" else per_sub.mean(1)
     return scores
 
