@@ -38,7 +38,7 @@ from typing import Any, Iterator
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from less.cache import Artifact, Cache, to_plain, write_json_atomic
+from less.cache import Artifact, Cache, dead_work, to_plain, write_json_atomic
 from less.errors import CacheMiss, ConfigError, LessError
 from less.graph import STEPS, Context, Stage
 from less.results import accounting, estimate, flatten_metrics, merge, summary
@@ -128,21 +128,12 @@ def process_tag() -> str:
 def remove_stale_work(root: Path, key: str) -> None:
     """Remove this host's per-process work directories of ``key`` whose process is gone (killed
     jobs); other hosts' are left alone (their processes cannot be checked from here)."""
-    host = process_tag().rsplit("-", 1)[0]
-    for d in root.glob(f".work-{key}-{host}-*"):
-        pid = d.name.removesuffix(".lock").rsplit("-", 1)[-1]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            log.warning("removing %s, left by a job that is gone", d)
-            if d.is_dir():
-                shutil.rmtree(d, ignore_errors=True)
-            else:
-                d.unlink(missing_ok=True)
-        except PermissionError:  # alive, another user's
-            pass
+    for d in dead_work(root, key, process_tag().rsplit("-", 1)[0]):
+        log.warning("removing %s, left by a job that is gone", d)
+        if d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+        else:
+            d.unlink(missing_ok=True)
 
 
 def _why_not_writable(e: OSError, root: Path) -> str:

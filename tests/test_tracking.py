@@ -95,12 +95,16 @@ def test_a_sweeps_wandb_runs(tiny_model_dir, shared_cache, tmp_path):
         # one-off scalars: summary only; history holds curves and media (tables, histograms)
         for h in run["history"]:
             scalars = {k for k, v in h.items() if not k.startswith("_") and not isinstance(v, dict)
-                       and "/" in k and k.split("/")[1] not in ("by_source", "scores", "top", "metrics")}
+                       and "/" in k and k.split("/")[1] not in ("by_source", "scores", "top", "top_by_subtask", "metrics")}
             assert all(k.startswith(("warmup/", "train/")) for k in scalars), scalars
         task, metrics = next(iter(job["eval"].items()))
         assert run["summary"][f"eval/{task}/acc"] == metrics["acc"]
         assert run["summary"]["selection/target_share"] == job["selection"]["target_share"]
         assert "accounting/seconds/train" in run["summary"]
+        # the paper's qualitative view, LESS only: each of the 3 target subtasks' top 10 pool examples
+        media = {k: v for h in run["history"] for k, v in h.items()}
+        n_sub = len(job["data"]["target"]["by_subtask"])
+        assert media.get("selection/top_by_subtask/nrows") == (10 * n_sub if job["selection"]["method"] == "less" else None)
 
     # jaccard with the LESS selection of the same fraction reaches W&B
     for job, run in zip(jobs[2:], ordered[2:]):

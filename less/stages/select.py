@@ -121,6 +121,12 @@ def track(ctx: Context, art, reported: dict[str, Any], tracker) -> None:
     with open(d / "ranking.csv") as fh:
         rows = [line.rstrip("\n").split(",") for line in fh][1:101]
     tracker.table("selection/top", ["rank", "id", "source", "score"], [[int(a), b, c, float(s)] for a, b, c, s in rows])
+    n = int(ctx.cfg.logger.get("inspect_top") or 0)
+    if n and stats["method"] == "less":  # the paper's qualitative view: each subtask's top examples
+        from less.selection.inspect import COLUMNS, top_by_subtask
+
+        tracker.table("selection/top_by_subtask", list(COLUMNS),
+                      [[r[c] for c in COLUMNS] for r in top_by_subtask(d, n=n)])
 
 
 def inputs(ctx: Context) -> dict[str, str]:
