@@ -208,3 +208,18 @@ def test_multirun_second_job_reuses_warmup_and_datastore(shared_cache, tmp_path)
     assert second["stages"]["warmup"]["cached"] and second["stages"]["datastore"]["cached"]
     assert not second["stages"]["select"]["cached"]
     assert (first["selection"]["n_selected"], second["selection"]["n_selected"]) == (int(0.02 * 180), int(0.1 * 180))
+
+
+def test_the_python_api_composes_and_runs_outside_hydra(tmp_path, monkeypatch):
+    """less.api: no explicit cache_dir needed (./cache, as on the command line); results as a dict."""
+    from less.api import compose, run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LESS_CACHE_DIR", raising=False)
+    assert compose(["selection=random"]).cache_dir == str(tmp_path / "cache")
+    monkeypatch.setenv("LESS_CACHE_DIR", str(tmp_path / "elsewhere"))
+    assert compose([]).cache_dir == str(tmp_path / "elsewhere")
+    assert compose([f"cache_dir={tmp_path / 'given'}"]).cache_dir == str(tmp_path / "given")
+    res = run(["stages=[prepare]", "logger=none", "pool.n_per_skill=10"])
+    assert res["data"]["pool"]["n"] == 60 and (tmp_path / "elsewhere" / "pool").is_dir()
+    assert len(list((tmp_path / "outputs" / "default").glob("*/results.json"))) == 1
