@@ -374,15 +374,18 @@ def test_three_tasks_run_with_subtask_metrics(paper_eval):
         assert len(ev[task]["subtasks"]) == n_sub
         assert all(0 <= s[metric] <= top for s in ev[task]["subtasks"].values())
     assert "abstract_algebra" in ev["mmlu"]["subtasks"] and "swahili" in ev["tydiqa"]["subtasks"]
-    # the W&B run carries the subtask metrics too
+    # the W&B run carries the subtask metrics too, in its summary (one value each: not in history)
     from tests.wandb_records import read_records
 
     res = json.loads((out / "results.json").read_text())
-    keys = set()
+    keys, history = set(), set()
     for rec in read_records(next(Path(res["wandb"]["dir"]).glob("run-*.wandb"))):
+        if rec.WhichOneof("record_type") == "summary":
+            keys |= {u.key or "/".join(u.nested_key) for u in rec.summary.update}
         if rec.WhichOneof("record_type") == "history":
-            keys |= {u.key or "/".join(u.nested_key) for u in rec.history.item}
+            history |= {u.key or "/".join(u.nested_key) for u in rec.history.item}
     assert "eval/mmlu/acc" in keys and "eval/bbh/subtasks/navigate/exact_match" in keys
+    assert "eval/mmlu/acc" not in history
     # where the TyDiQA demos came from: results.json and the W&B summary
     assert res["eval"]["tydiqa_shot_source"] == str(train)
     summary = {}
