@@ -101,7 +101,10 @@ class Stage:
       job's part outside any lock (finished pieces on disk are skipped) and returns a :class:`Work`;
       the runner assembles it once complete.
     - ``report(ctx, art)``: its part of results.json (a nested dict, merged); ``track(ctx, art,
-      reported, tracker)``: extra W&B records (tables, histograms, artifacts).
+      reported, tracker)``: extra W&B records (tables, histograms, curves).
+    - ``wandb_type``: the W&B artifact type it is logged as (None: not logged), carrying its
+      ``key.json``, the ``wandb_files`` (files or directories of the artifact, those present) and,
+      with ``logger.log_model=true``, the ``wandb_model`` ones.
     """
 
     name: str
@@ -115,6 +118,9 @@ class Stage:
     shared_work: bool = True  # work dir shared by every job with this key (else one per process)
     report: Callable[[Context, Artifact], dict[str, Any]] | None = None
     track: Callable[[Context, Artifact, dict[str, Any], Any], None] | None = None
+    wandb_type: str | None = None
+    wandb_files: tuple[str, ...] = ()
+    wandb_model: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.build is None) == (self.work is None):

@@ -48,31 +48,6 @@ from less.validate import validate
 
 log = logging.getLogger(__name__)
 
-# stages logged as W&B artifacts, with their W&B type, and the small files each carries (plus key.json)
-ARTIFACT_TYPES = {"target": "dataset", "pool": "dataset", "warmup": "checkpoints", "datastore": "datastore",
-                  "representations": "representations", "select": "selection", "train": "model",
-                  "eval": "evaluation"}
-ARTIFACT_FILES = {"target": ("target.json", "target.jsonl"), "pool": ("pool.json",), "warmup": ("warmup.json",), "datastore": ("manifest.json",),
-                  "select": ("selection.json", "selected.jsonl", "ranking.csv"), "train": ("train.json",),
-                  "eval": ("metrics.json", "info.json")}
-
-
-def artifact_counts(name: str, results: dict[str, Any]) -> dict[str, Any]:
-    """The counts results.json has for stage ``name``'s artifact (examples, selected, steps, metrics)."""
-    r = results
-    if name in ("pool", "target"):
-        d = r.get("data", {}).get(name, {})
-        return {k: d[k] for k in ("n", "dropped") if k in d}
-    if name == "select":
-        return {k: r["selection"].get(k) for k in ("n_selected", "n_ranked", "by_source")} if "selection" in r else {}
-    if name in ("warmup", "train"):
-        return {k: v for k, v in r.get(name, {}).items() if k in ("n_examples", "steps", "train_loss", "final_loss")}
-    if name == "eval":
-        return flatten_metrics({t: {m: v for m, v in ms.items() if m != "subtasks"}
-                                for t, ms in r.get("eval", {}).items() if isinstance(ms, dict)}, "")
-    return {}
-
-
 def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     """Entry point called by run.py (``out_dir``: Hydra's output directory unless given). User
     errors become one line on stderr and exit code 2."""
@@ -173,6 +148,7 @@ class Runner:
         self.incomplete: dict[str, dict[str, Any]] = {}
         self.rows_computed: dict[str, int] = {}
         self.results: dict[str, Any] = {"stages": {}, "artifacts": {}}
+        self.reports: dict[str, dict[str, Any]] = {}  # each stage's part of results.json
         self.tracker = NullTracker()
         self._failed_in: tuple[Path, str] | None = None  # (directory, what) of the build an exception left
 
@@ -295,8 +271,8 @@ class Runner:
             "kind": ref.kind, "key": ref.key, "dir": str(ref.dir), "cached": bool(art and art.cached),
             "seconds": round(seconds, 3), **({"complete": False} if art is None else {}),
             **({"rows_computed": self.rows_computed[name]} if name in self.rows_computed else {})}
-        if s.step is None:  # a step-less input (the tiny model): its own line when this run built it
-            if art is not None and not art.cached and name != "token_counts":
+        if s.step is None:  # a step-less input: a tiny model gets its own line when this run built it
+            if art is not None and not art.cached and s.cache_kind == "model":
                 self.results["stages"][name] = {"seconds": round(seconds, 3), "cached": False}
             return
         if s.step not in self.cfg.stages:  # an input taken from the cache: listed under artifacts only
@@ -420,37 +396,32 @@ class Runner:
         stages that are not logged as artifacts, such as the feature stages)."""
         out: dict[str, str] = {}
         for role, dep in self.inputs(name).items():
-            if dep in ARTIFACT_TYPES:
+            if self.graph[dep].wandb_type is not None:
                 out[role] = f"{dep}-{self.key(dep)}"
             else:
                 out.update({f"{role}.{r}": v for r, v in self.lineage_inputs(dep).items()})
         return out
 
     def _log_artifacts(self) -> None:
-        """Every artifact of ARTIFACT_TYPES the run got: an output of this W&B run when this run
-        built it, else (taken from the cache: an earlier job made it) an input; with metadata and
-        its small files."""
-        from less.cache import to_plain
-
-        names = []
-        for name in self.graph:
+        """Every artifact the run got of a stage with a ``wandb_type``: an output of this W&B run
+        when this run built it, else (taken from the cache: an earlier job made it) an input; with
+        metadata (key, config, inputs, its part of results.json) and its small files."""
+        if self.tracker.mode is None:  # no W&B run (logger=none, or a rerun that is not logged)
+            return
+        names = {}
+        for name, s in self.graph.items():
             art = self.got.get(name)
-            if name not in ARTIFACT_TYPES or art is None:
+            if s.wandb_type is None or art is None:
                 continue
-            rec = self.results["artifacts"][name]
             meta = {"stage": name, "kind": art.kind, "key": art.key, "dir": str(art.dir),
                     "config": to_plain(self.spec(name)["config"]), "inputs": self.lineage_inputs(name),
-                    "counts": artifact_counts(name, self.results), "built_seconds": rec["seconds"]}
-            files = [art.dir / f for f in ARTIFACT_FILES.get(name, ()) if (art.dir / f).is_file()]
-            dirs = []
-            if name == "eval" and (art.dir / "samples").is_dir():
-                dirs.append(art.dir / "samples")
-            if name == "train" and self.cfg.logger.get("log_model"):
-                dirs += [d for d in (art.dir / "adapter", art.dir / "model") if d.is_dir()]
-            self.tracker.artifact(f"{name}-{art.key}", ARTIFACT_TYPES[name], meta, [art.dir / "key.json", *files],
-                                  dirs, use=art.cached)
-            names.append((name, f"{name}-{art.key}"))
-        self.tracker.summary({f"artifacts/{n}": a for n, a in names})
+                    "report": self.reports.get(name, {}), "built_seconds": self.results["artifacts"][name]["seconds"]}
+            parts = s.wandb_files + (s.wandb_model if self.cfg.logger.get("log_model") else ())
+            paths = [art.dir / p for p in parts if (art.dir / p).exists()]
+            self.tracker.artifact(f"{name}-{art.key}", s.wandb_type, meta, [art.dir / "key.json"] + [p for p in paths if p.is_file()],
+                                  [p for p in paths if p.is_dir()], use=art.cached)
+            names[f"artifacts/{name}"] = f"{name}-{art.key}"
+        self.tracker.summary(names)
 
     def _link_outputs(self) -> None:
         """The run directory links to the selection it trained on: ``selected.jsonl``, ``ranking.csv``."""
@@ -473,7 +444,7 @@ class Runner:
             art = self.got.get(name)
             if art is None or s.report is None:
                 continue
-            part = s.report(self.ctx, art)
+            part = self.reports[name] = s.report(self.ctx, art)
             warnings += _warnings_in(part)
             merge(self.results, part)
             if s.track is not None:

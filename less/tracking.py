@@ -12,7 +12,7 @@ chosen preset has none), so parallel-coordinate axes have no gaps.
 
 History holds only curves (``warmup/*`` and ``train/*`` against ``warmup/step`` and ``train/step``)
 and media (tables, histograms); scalars that happen once (eval metrics, selection statistics,
-accounting) go to the summary only. Artifacts carry metadata (key, config slice, inputs, counts);
+accounting) go to the summary only. Artifacts carry metadata (key, config slice, inputs, report);
 the runner logs each artifact a job's steps make as an output and, online, each one it took from
 an earlier job as an input (``use_artifact``; W&B refuses it offline, where the inputs are in the
 metadata). Offline mode never touches the network; a run is uploaded later with ``wandb sync <dir>``.
@@ -88,12 +88,9 @@ def _union(a: Any, b: Any) -> Any:
 
 def _fill(values: Any, skeleton: Any) -> Any:
     """``values`` with every key of ``skeleton`` it lacks added as None (recursively)."""
-    if not isinstance(skeleton, dict):
+    if not isinstance(skeleton, dict) or not isinstance(values, (dict, type(None))):
         return values
-    if not isinstance(values, dict):
-        values = {} if values is None else values
-        if not isinstance(values, dict):
-            return values
+    values = values or {}
     return {**{k: _fill(values.get(k), v) for k, v in skeleton.items()},
             **{k: v for k, v in values.items() if k not in skeleton}}
 

@@ -122,7 +122,7 @@ def test_a_sweeps_wandb_runs(tiny_model_dir, shared_cache, tmp_path):
             assert a["metadata"]["key"] == job["artifacts"][stage]["key"] and name == f"{stage}-{a['metadata']['key']}"
             assert "key.json" in a["files"]
         assert made["select"][1]["type"] == "selection" and "selected.jsonl" in made["select"][1]["files"]
-        assert made["select"][1]["metadata"]["counts"]["n_selected"] == job["selection"]["n_selected"]
+        assert made["select"][1]["metadata"]["report"]["selection"]["n_selected"] == job["selection"]["n_selected"]
         assert made["train"][1]["metadata"]["config"]["train"]["epochs"] == 4
         assert not any(f.startswith("adapter") for f in made["train"][1]["files"])  # logger.log_model=false
         # lineage: eval <- trained model <- selection <- datastore <- pool, every name an artifact of the sweep
@@ -233,11 +233,11 @@ def test_artifacts_taken_from_the_cache_are_inputs_and_built_ones_outputs(tmp_pa
     from less import runner
 
     write = lambda name: lambda ctx, inputs, out: (out / f"{name}.txt").write_text(name)  # noqa: E731
-    graph = (Stage("model", build=write("model"), config=lambda ctx: {}),
-             Stage("pool", step="prepare", build=write("pool"), config=lambda ctx: {}, inputs=lambda ctx: {"m": "model"}),
+    graph = (Stage("model", kind="model", build=write("model"), config=lambda ctx: {}),
+             Stage("pool", step="prepare", build=write("pool"), config=lambda ctx: {}, inputs=lambda ctx: {"m": "model"},
+                   wandb_type="dataset"),
              Stage("select", step="select", build=write("select"), inputs=lambda ctx: {"pool": "pool"},
-                   config=lambda ctx: {"f": ctx.cfg.selection.fraction}))
-    monkeypatch.setattr(runner, "ARTIFACT_TYPES", {"pool": "dataset", "select": "selection"})
+                   config=lambda ctx: {"f": ctx.cfg.selection.fraction}, wandb_type="selection"))
 
     def go(fraction: float) -> tuple[Recorder, dict]:
         cfg = compose([f"cache_dir={tmp_path / 'cache'}", "logger=none", "stages=[prepare,select]",

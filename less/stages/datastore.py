@@ -63,4 +63,5 @@ def track(ctx: Context, art, reported: dict[str, Any], tracker) -> None:
 
 DATASTORE = Stage(
     "datastore", step="datastore", build=build, applies=needs_gradients, config=lambda ctx: {},
-    inputs=lambda ctx: {"pool": "pool_features", "target": "target_features"}, report=report, track=track)
+    inputs=lambda ctx: {"pool": "pool_features", "target": "target_features"}, report=report, track=track,
+    wandb_type="datastore", wandb_files=("manifest.json",))

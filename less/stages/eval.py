@@ -67,4 +67,5 @@ def track(ctx: Context, art, reported: dict[str, Any], tracker) -> None:
         [k.split("/")[1], k.split("/")[3] if "/subtasks/" in k else "", k.rsplit("/", 1)[1], v] for k, v in flat.items()])
 
 
-EVAL = Stage("eval", step="eval", build=build, inputs=inputs, config=config, report=report, track=track)
+EVAL = Stage("eval", step="eval", build=build, inputs=inputs, config=config, report=report, track=track,
+             wandb_type="evaluation", wandb_files=("metrics.json", "info.json", "samples"))

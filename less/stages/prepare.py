@@ -29,11 +29,11 @@ def build_target(ctx: Context, inputs: Inputs, out: Path) -> None:
 
 
 POOL = Stage(
-    "pool", step="prepare", build=build_pool,
+    "pool", step="prepare", build=build_pool, wandb_type="dataset", wandb_files=("pool.json",),
     config=lambda ctx: sources.pool_spec(ctx.cfg.pool, ctx.cfg.data),
     report=lambda ctx, art: {"data": {"pool": json.loads((art.dir / "pool.json").read_text())}})
 
 TARGET = Stage(
-    "target", step="prepare", build=build_target,
+    "target", step="prepare", build=build_target, wandb_type="dataset", wandb_files=("target.json", "target.jsonl"),
     config=lambda ctx: sources.target_spec(ctx.cfg.target, ctx.cfg.data),
     report=lambda ctx, art: {"data": {"target": json.loads((art.dir / "target.json").read_text())}})

@@ -87,4 +87,5 @@ def config(ctx: Context) -> dict[str, Any]:
             "max_length": ctx.cfg.selection.get("max_length"), **opts, "external_warmup": external}
 
 
-REPRESENTATIONS = Stage("representations", step="select", build=build, applies=applies, inputs=inputs, config=config)
+REPRESENTATIONS = Stage("representations", step="select", build=build, applies=applies, inputs=inputs, config=config,
+                        wandb_type="representations")

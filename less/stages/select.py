@@ -78,14 +78,11 @@ def skill_shares(ctx: Context, select_dir: Path) -> dict[str, Any]:
     return {"target_skill": skill, "target_share": share(selected), "base_share": share(rows)}
 
 
-
-
 def jaccard_vs_less(ctx: Context, select_dir: Path) -> float | None:
     """Overlap of this selection with the default LESS selection of the same configuration (same
     fraction / k), if that one is in the cache."""
-    from less.runner import Runner
-
     from less.paths import conf_dir
+    from less.runner import Runner
 
     defaults = conf_dir() / "selection" / "less.yaml"
     if not defaults.is_file():
@@ -141,4 +138,5 @@ def inputs(ctx: Context) -> dict[str, str]:
 
 SELECT = Stage(
     "select", step="select", build=build, inputs=inputs, report=report, track=track,
+    wandb_type="selection", wandb_files=("selection.json", "selected.jsonl", "ranking.csv"),
     config=lambda ctx: {"selection": to_plain(ctx.cfg.selection), "seed": ctx.cfg.seed})

@@ -49,6 +49,7 @@ def report(ctx: Context, art) -> dict[str, Any]:
 
 TRAIN = Stage(
     "train", step="train", build=build, report=report, track=track_curve("train", "train.json"),
+    wandb_type="model", wandb_files=("train.json",), wandb_model=("adapter", "model"),
     inputs=lambda ctx: {"selection": "select", "model": "model"},
     config=lambda ctx: {"model": model_spec(ctx.cfg.model), "chat_format": ctx.cfg.chat_format,
                         "train": to_plain(ctx.cfg.train), "seed": ctx.cfg.seed})

@@ -104,6 +104,7 @@ def track_curve(prefix: str, record: str):
 
 WARMUP = Stage(
     "warmup", step="warmup", build=build_warmup, report=_report, track=track_curve("warmup", "warmup.json"),
+    wandb_type="checkpoints", wandb_files=("warmup.json",),
     inputs=lambda ctx: {"pool": "pool", "selector": "selector"},
     config=lambda ctx: {"selector": model_spec(ctx.selector), "chat_format": ctx.cfg.chat_format,
                         "warmup": to_plain(ctx.cfg.warmup), "seed": ctx.cfg.seed},
