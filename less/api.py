@@ -21,6 +21,10 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
+from less import resolvers
+
+resolvers.register()
+
 
 def compose(overrides: list[str] | None = None) -> DictConfig:
     """The composed config for these overrides, as ``python run.py <overrides>`` would see it (the

@@ -20,7 +20,7 @@ def external_warmup_spec(ds: DictConfig) -> dict[str, Any]:
     """Identity of an external warmup run: its checkpoints' files and the given LRs."""
     root = Path(ds.warmup_dir).expanduser().resolve()
     files = {str(p.relative_to(root)): [p.stat().st_size, p.stat().st_mtime_ns]
-             for p in sorted(root.glob("checkpoint-*/*")) if p.is_file()}
+             for p in sorted(root.glob("checkpoint-*/**/*")) if p.is_file()}
     return {"external": str(root), "files": files, "lr_weights": to_plain(ds.lr_weights)}
 
 

@@ -15,13 +15,40 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from less import distributed, resolvers
 from less.paths import conf_dir
 from less.runner import run
 
+resolvers.register()
+
+
+def rank_overrides(argv: list[str]) -> list[str]:
+    """The command line of one process of a torchrun/accelerate job: rank 0 keeps Hydra's output
+    directory (results.json, run.log, .hydra); the other ranks write none (no ``.hydra``, logs to
+    stdout, ``hydra.run.dir=.`` unless one is given: the timestamped default would differ between
+    ranks). A sweep (``-m``) is one launch per job instead."""
+    if distributed.world() <= 1:
+        return argv
+    if any(a in ("-m", "--multirun") for a in argv[1:]):
+        print(f"error: -m (a sweep) under a launcher of {distributed.world()} processes: launch each job "
+              "with torchrun on its own (see README, Multi-GPU and clusters)", file=sys.stderr)
+        sys.exit(2)
+    if distributed.is_main():
+        return argv
+    extra = ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    if not any(a.startswith("hydra.run.dir=") for a in argv[1:]):
+        extra.append("hydra.run.dir=.")
+    return argv + extra
+
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     run(cfg)
+
+
+def main() -> None:
+    sys.argv = rank_overrides(sys.argv)
+    _main()
 
 
 def analysis() -> None:

@@ -102,6 +102,10 @@ class Stage:
       the runner assembles it once complete.
     - ``report(ctx, art)``: its part of results.json (a nested dict, merged); ``track(ctx, art,
       reported, tracker)``: extra W&B records (tables, histograms, curves).
+    - ``ranks``: what the processes of a torchrun job do (less.distributed): ``main`` (rank 0 builds,
+      the others wait and read it), ``all`` (every rank runs ``build`` into the same directory: the
+      Trainer's DDP/FSDP; ranks other than 0 write nothing of their own) or ``split`` (every rank
+      runs ``work`` on its part, e.g. ``distributed.subshard``; rank 0 assembles).
     - ``wandb_type``: the W&B artifact type it is logged as (None: not logged), carrying its
       ``key.json``, the ``wandb_files`` (files or directories of the artifact, those present) and,
       with ``logger.log_model=true``, the ``wandb_model`` ones.
@@ -118,6 +122,7 @@ class Stage:
     shared_work: bool = True  # work dir shared by every job with this key (else one per process)
     report: Callable[[Context, Artifact], dict[str, Any]] | None = None
     track: Callable[[Context, Artifact, dict[str, Any], Any], None] | None = None
+    ranks: str = "main"
     wandb_type: str | None = None
     wandb_files: tuple[str, ...] = ()
     wandb_model: tuple[str, ...] = ()
@@ -125,6 +130,9 @@ class Stage:
     def __post_init__(self) -> None:
         if (self.build is None) == (self.work is None):
             raise TypeError(f"stage {self.name}: give exactly one of build or work")
+        if self.ranks not in ("main", "all", "split") or (self.ranks == "all" and self.build is None) or (
+                self.ranks == "split" and not (self.work is not None and self.shared_work)):
+            raise TypeError(f"stage {self.name}: ranks={self.ranks!r} (all: a build; split: a work with shared work)")
         if self.step is not None and self.step not in STEPS:
             raise TypeError(f"stage {self.name}: unknown step {self.step!r}")
 

@@ -28,10 +28,25 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def resolve_device(name: str) -> "torch.device":
+    """``device``: auto (a GPU if there is one), cpu, cuda, cuda:N. Among the processes of a
+    torchrun job (less.distributed) auto and cuda mean this rank's GPU, ``cuda:<LOCAL_RANK>``."""
     import torch
 
+    from less import distributed
+
+    name = str(name)
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name}: no CUDA device is available here (torch {torch.__version__}); "
+                          "use device=cpu or device=auto")
+    if distributed.world() > 1 and name.startswith("cuda"):
+        if name != "cuda":
+            raise ConfigError(f"device={name} with {distributed.world()} processes: each rank uses its own GPU "
+                              "(cuda:LOCAL_RANK); set device=auto or device=cuda")
+        return torch.device("cuda", distributed.local_rank())
+    if name.startswith("cuda:") and name[5:].isdigit() and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"device={name}: this machine has {torch.cuda.device_count()} CUDA devices")
     return torch.device(name)
 
 

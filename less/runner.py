@@ -38,6 +38,7 @@ from typing import Any, Iterator
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from less import distributed
 from less.cache import Artifact, Cache, dead_work, to_plain, write_json_atomic
 from less.errors import CacheMiss, ConfigError, LessError
 from less.graph import STEPS, Context, Stage
@@ -146,10 +147,11 @@ class Runner:
         self._specs: dict[str, dict[str, Any]] = {}
         self.got: dict[str, Artifact | None] = {}
         self.incomplete: dict[str, dict[str, Any]] = {}
-        self.rows_computed: dict[str, int] = {}
+        self.rows_computed: dict[str, dict[str, Any]] = {}
         self.results: dict[str, Any] = {"stages": {}, "artifacts": {}}
         self.reports: dict[str, dict[str, Any]] = {}  # each stage's part of results.json
         self.tracker = NullTracker()
+        self.together = False  # walking the graph with the other ranks of a torchrun job (every get agrees)
         self._failed_in: tuple[Path, str] | None = None  # (directory, what) of the build an exception left
 
     # -- keys -------------------------------------------------------------------------------------
@@ -193,13 +195,18 @@ class Runner:
             return self.got[name]
         s, art = self.graph[name], self.lookup(name)
         seconds = 0.0
+        if self.together and distributed.share(art.cached) and not art.cached:  # rank 0 found it: so must every rank
+            art = self.lookup(name)
+            if not art.cached:
+                raise ConfigError(f"rank {distributed.rank()} does not see {art.dir}, which rank 0 does: "
+                                  "cache_dir must be one directory shared by every rank")
         if not art.cached:
             if not self.wanted(name):
                 raise CacheMiss(f"{s.cache_kind} artifact {art.key} is not in the cache ({art.dir}); "
                                 f"add '{s.step}' to stages to compute it")
             inputs = self._inputs(name)
             t0 = time.time()  # this stage's own time; its inputs recorded theirs
-            art = None if inputs is None else self._make(name, inputs)
+            art = None if inputs is None else self._make_on_ranks(name, inputs)
             seconds = time.time() - t0
         self.got[name] = art
         self._record(name, art, seconds)
@@ -231,26 +238,99 @@ class Runner:
             self._failed_in = self._failed_in or (path, what)
             raise
 
-    def _make(self, name: str, inputs: dict[str, Artifact]) -> Artifact | None:
+    def _what(self, name: str) -> str:
+        return f"the {name} artifact {self.graph[name].cache_kind}/{self.key(name)}"
+
+    def _build_fn(self, name: str, inputs: dict[str, Artifact]):
+        s, seed = self.graph[name], self.spec(name)["config"].get("seed")
+
+        def build(out: Path) -> None:
+            seed_everything(s.cache_kind, seed)
+            s.build(self.ctx, inputs, out)
+        return build
+
+    def _make_on_ranks(self, name: str, inputs: dict[str, Artifact]) -> Artifact | None:
+        """``_make`` on the ranks of a torchrun job as the stage says (``Stage.ranks``): every rank
+        (``all``: together; ``split``: each its part of the work, then rank 0 assembles) or rank 0
+        alone while the others wait (``main``). Every rank returns rank 0's artifact."""
+        s = self.graph[name]
+        if not self.together:
+            return self._make(name, inputs)
+        if s.ranks == "all":
+            return self._build_together(name, inputs)
+        work = self._work(name, inputs) if s.ranks == "split" else None
+        if distributed.is_main():
+            try:
+                art = self._make(name, inputs, work)
+            except BaseException as e:
+                distributed.share(("error", f"{type(e).__name__}: {e}"))
+                raise
+            distributed.share(("ok", art, self.incomplete.get(name)))
+            return art
+        status = distributed.share(None)
+        if status[0] == "error":
+            raise LessError(f"rank 0 failed to build {self._what(name)}: {status[1]}")
+        if status[2] is not None:
+            self.incomplete[name] = status[2]
+        return status[1]
+
+    def _build_together(self, name: str, inputs: dict[str, Artifact]) -> Artifact:
+        """Every rank runs the stage's ``build`` (the Trainer's DDP/FSDP) into the temporary directory
+        rank 0 made under the artifact's lock; rank 0 renames it once every rank is done."""
         s, key = self.graph[name], self.key(name)
-        seed = self.spec(name)["config"].get("seed")
-        what = f"the {name} artifact {s.cache_kind}/{key}"
-        if s.build is not None:
-            def build(out: Path) -> None:
-                seed_everything(s.cache_kind, seed)
-                s.build(self.ctx, inputs, out)
-            with self._writing(self.cache.tmp_path(s.cache_kind, key), what):
-                return self.cache.get_or_build(s.cache_kind, self.spec(name), build)
-        # resumable work outside any lock, then assembly under the artifact's lock
+        tmp, build = self.cache.tmp_path(s.cache_kind, key), self._build_fn(name, inputs)
+        with self._writing(tmp, self._what(name)):
+            if not distributed.is_main():
+                msg = distributed.share(None)
+                if msg[0] == "error":
+                    raise LessError(f"rank 0 failed to start {self._what(name)}: {msg[1]}")
+                if msg[0] == "build":
+                    build(Path(msg[1]))
+                    distributed.barrier()
+                return distributed.share(None)
+            started = False
+
+            def together(out: Path) -> None:
+                nonlocal started
+                started = True
+                distributed.share(("build", str(out)))  # the other ranks build here too
+                build(out)
+                distributed.barrier()  # every rank has written before the rename
+            try:
+                art = self.cache.get_or_build(s.cache_kind, self.spec(name), together)
+            except BaseException as e:
+                if not started:
+                    distributed.share(("error", f"{type(e).__name__}: {e}"))
+                raise
+            if not started:  # cached meanwhile (another job built it)
+                distributed.share(("cached",))
+            return distributed.share(art)
+
+    def _work(self, name: str, inputs: dict[str, Artifact]):
+        """This process's part of a work stage (resumable, outside any lock)."""
+        s, key = self.graph[name], self.key(name)
         root = self.cache.root / s.cache_kind
         work_dir = root / (f".work-{key}" if s.shared_work else f".work-{key}-{process_tag()}")
         if not s.shared_work:
             remove_stale_work(root, key)
-        seed_everything(s.cache_kind, seed)
-        with self._writing(work_dir, what):
-            work = s.work(self.ctx, inputs, work_dir)
-        if "rows_computed" in work.info:  # this job's share of shared work
-            self.rows_computed[name] = work.info["rows_computed"]
+        seed_everything(s.cache_kind, self.spec(name)["config"].get("seed"))
+        with self._writing(work_dir, self._what(name)):
+            return s.work(self.ctx, inputs, work_dir)
+
+    def _make(self, name: str, inputs: dict[str, Artifact], work=None) -> Artifact | None:
+        """Build stage ``name`` in this process (a work stage: from ``work``, this process's part,
+        when done already)."""
+        s, key = self.graph[name], self.key(name)
+        seed = self.spec(name)["config"].get("seed")
+        what = self._what(name)
+        if s.build is not None:
+            with self._writing(self.cache.tmp_path(s.cache_kind, key), what):
+                return self.cache.get_or_build(s.cache_kind, self.spec(name), self._build_fn(name, inputs))
+        # resumable work outside any lock, then assembly under the artifact's lock
+        if work is None:
+            work = self._work(name, inputs)
+        if "rows_computed" in work.info:  # this job's share of shared work (its ranks': rows_by_rank)
+            self.rows_computed[name] = {k: work.info[k] for k in ("rows_computed", "rows_by_rank") if k in work.info}
         if not work.complete and not self.lookup(name).cached:
             self.incomplete[name] = {"stage": name, **work.info}
             log.info("%s: %s", name, work.info.get("reason", "incomplete"))
@@ -270,7 +350,7 @@ class Runner:
         self.results["artifacts"][name] = {
             "kind": ref.kind, "key": ref.key, "dir": str(ref.dir), "cached": bool(art and art.cached),
             "seconds": round(seconds, 3), **({"complete": False} if art is None else {}),
-            **({"rows_computed": self.rows_computed[name]} if name in self.rows_computed else {})}
+            **self.rows_computed.get(name, {})}
         if s.step is None:  # a step-less input: a tiny model gets its own line when this run built it
             if art is not None and not art.cached and s.cache_kind == "model":
                 self.results["stages"][name] = {"seconds": round(seconds, 3), "cached": False}
@@ -307,6 +387,8 @@ class Runner:
         except OSError as e:
             raise ConfigError(f"cache_dir={self.cache.root} is not writable ({_why_not_writable(e, self.cache.root)}); "
                               "set cache_dir (or $LESS_CACHE_DIR) to a writable directory") from None
+        if not distributed.is_main():  # rank 0 tidies; a build of this job holds its lock anyway
+            return
         n, freed = self.cache.remove_stale_tmp()
         if n:
             log.warning("cache: removed %d stale temporary %s (%.1f MB) left by killed builds",
@@ -342,11 +424,16 @@ class Runner:
         return None
 
     def _run(self) -> dict[str, Any]:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        distributed.from_slurm()  # a task of a multi-task SLURM job learns its rank first
+        main = distributed.is_main()
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.cfg.plan:
-            return self.plan()
+            return self.plan() if main else {}
+        self.start_ranks()
         self.open_cache()
-        self.tracker = self.make_tracker()
+        if main:
+            self.tracker = self.make_tracker()
         self.ctx.tracker = self.tracker
         ok = False
         try:
@@ -354,25 +441,45 @@ class Runner:
                 if step not in self.cfg.stages:
                     continue
                 names = self.stages_of(step)
-                if not names:
+                if not names and main:
                     log.info("skipping %s: not needed with selection.method=%s and these datastore settings",
                              step, self.cfg.selection.method)
                 for name in names:
                     self.get(name)
-            self._report()
-            self._accounting()
-            self._log_artifacts()
-            self._link_outputs()
-            self._finish()
+            self.together = False  # from here on rank 0 alone
+            if main:  # one results.json, one W&B run: rank 0's
+                self._report()
+                self._accounting()
+                self._log_artifacts()
+                self._link_outputs()
+                self._finish()
+            distributed.barrier()
             ok = True
         finally:
             self.tracker.finish(ok=ok)
+            distributed.close()
             gc.collect()
             import torch
 
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         return self.results
+
+    def start_ranks(self) -> None:
+        """Under torchrun/accelerate/SLURM tasks: join the job's process group (less.distributed)."""
+        if distributed.world() <= 1:
+            return
+        d = self.cfg.get("distributed") or {}
+        distributed.start(float(d.get("timeout_minutes", 360)), cuda=self.ctx.device.type == "cuda")
+        self.together = True
+        if not distributed.is_main():  # rank 0 tells the story; the others say only what goes wrong
+            logging.getLogger().setLevel(logging.WARNING)
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        else:
+            log.info("%d processes: rank 0 prepares, selects, evaluates and reports; every rank trains "
+                     "and extracts its part of the pool's gradient features", distributed.world())
 
     # -- W&B ----------------------------------------------------------------------------------------
     def job_keys(self) -> dict[str, str]:

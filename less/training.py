@@ -60,6 +60,8 @@ class EpochLearningRates(TrainerCallback):
         self._epoch_start = len(self.step_lrs)
 
     def on_save(self, args, state, control, model=None, optimizer=None, **kw):
+        if not state.is_world_process_zero:  # one writer; the checkpoint directory is rank 0's to make
+            return
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         names = {id(p): n for n, p in model.named_parameters()}
         order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
@@ -130,9 +132,15 @@ def collator(tokenizer):
                                   return_tensors="pt")
 
 
+def world_size() -> int:
+    from less import distributed
+
+    return distributed.world()
+
+
 def accumulation_steps(cfg: DictConfig) -> int:
     """Steps per update so that per-device batch x steps x processes = the effective batch size."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     per_update = cfg.per_device_batch_size * world
     if cfg.batch_size % per_update:
         raise ConfigError(f"batch_size {cfg.batch_size} is not a multiple of per_device_batch_size "
@@ -140,12 +148,33 @@ def accumulation_steps(cfg: DictConfig) -> int:
     return cfg.batch_size // per_update
 
 
+def sharding(cfg: DictConfig) -> dict[str, Any]:
+    """The Trainer's sharding arguments from a warmup/train config: ``fsdp`` (bool) with
+    ``fsdp_config`` (a dict, transformers' keys), or ``deepspeed`` (a JSON file or a dict). Plain
+    data, passed through; both need several processes (torchrun) on GPUs."""
+    from omegaconf import OmegaConf
+
+    out: dict[str, Any] = {}
+    if cfg.get("fsdp"):
+        out["fsdp"] = True
+        out["fsdp_config"] = OmegaConf.to_container(cfg.fsdp_config, resolve=True) if cfg.get("fsdp_config") else {}
+    if cfg.get("deepspeed"):
+        ds = cfg.deepspeed
+        out["deepspeed"] = OmegaConf.to_container(ds, resolve=True) if not isinstance(ds, str) else str(Path(ds).expanduser())
+    return out
+
+
 def fit(model, tokenizer, enc: Encoded, cfg: DictConfig, out_dir: Path, seed: int,
         save_every_epoch: bool, device: torch.device, stage: str = "train",
-        curve: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+        curve: Callable[[int, dict[str, float]], None] | None = None,
+        save_to: Path | None = None) -> dict[str, Any]:
     """Train ``model`` on ``enc`` with Trainer; returns the mean train loss, the steps, per-epoch
     LRs, the logged curve (``history``) and its last loss (``final_loss``). ``stage`` labels the
-    progress bar; ``curve(step, metrics)`` gets every curve point as it is logged."""
+    progress bar; ``curve(step, metrics)`` gets every curve point as it is logged; ``save_to``:
+    where the trained model (or adapter) is saved, by the Trainer (under FSDP every rank takes part).
+
+    Under torchrun every rank calls this with the same ``out_dir``: the Trainer runs DDP (or
+    FSDP/DeepSpeed, ``sharding``), rank 0 writes the checkpoints."""
     lrs = EpochLearningRates()
     points = Curve(curve)
     args = TrainingArguments(
@@ -171,15 +200,24 @@ def fit(model, tokenizer, enc: Encoded, cfg: DictConfig, out_dir: Path, seed: in
         use_cpu=device.type == "cpu",
         disable_tqdm=False,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every trainable parameter (LoRA or all) gets a gradient
+        # several processes: accelerate pads the epoch's last micro-batches with examples from its start
+        # unless they split evenly over the ranks; then none, and each update sees the same examples
+        # (same weights) as in one process
+        accelerator_config={"even_batches": -(-len(enc) // cfg.per_device_batch_size) % world_size() != 0},
+        **sharding(cfg),
     )
     trainer = TRAINERS[cfg.loss](model=model, args=args, train_dataset=EncodedDataset(enc),
                       data_collator=collator(tokenizer), callbacks=[lrs, points])
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(StageProgress(stage))
     result = trainer.train()
+    if save_to is not None:
+        trainer.save_model(str(save_to))
     # A pickle of TrainingArguments naming the temporary build directory: its bytes would depend on
     # where the artifact was built, and loading it needs weights_only=False. key.json has the config.
-    for f in Path(out_dir).rglob("training_args.bin"):
-        f.unlink()
+    if trainer.is_world_process_zero():
+        for f in [*Path(out_dir).rglob("training_args.bin"), *(Path(save_to).rglob("training_args.bin") if save_to else [])]:
+            f.unlink(missing_ok=True)
     return {"train_loss": result.training_loss, "steps": result.global_step, "epoch_lrs": lrs.epoch_lrs,
             "history": points.history, "final_loss": points.history[-1]["loss"] if points.history else None}

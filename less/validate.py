@@ -30,6 +30,19 @@ def validate(cfg: DictConfig) -> None:
                f"{name}.batch_size ({node.batch_size}) must be a multiple of "
                f"{name}.per_device_batch_size ({node.per_device_batch_size})")
         _check(node.get("dtype") in MODEL_DTYPES, f"{name}.dtype must be one of {sorted(MODEL_DTYPES)}, got {node.get('dtype')!r}")
+        _check(isinstance(node.get("fsdp", False), bool), f"{name}.fsdp must be true or false, got {node.get('fsdp')!r}")
+        _check(node.get("fsdp_config") is None or isinstance(node.get("fsdp_config"), DictConfig),
+               f"{name}.fsdp_config must be a mapping of transformers' fsdp_config keys, got {node.get('fsdp_config')!r}")
+        ds_cfg = node.get("deepspeed")
+        _check(ds_cfg is None or isinstance(ds_cfg, (str, DictConfig)),
+               f"{name}.deepspeed must be a JSON file path or a mapping, got {ds_cfg!r}")
+        _check(not (node.get("fsdp") and ds_cfg), f"{name}.fsdp and {name}.deepspeed are both set; choose one")
+        if (node.get("fsdp") or ds_cfg) and name in cfg.stages and not cfg.plan:
+            import torch
+
+            _check(torch.cuda.is_available() and cfg.device != "cpu",
+                   f"{name}.{'fsdp' if node.get('fsdp') else 'deepspeed'} needs GPUs (accelerate would run plain "
+                   "DDP on CPU); launch with torchrun on a GPU node, or unset it")
     _check(t.mode in ("lora", "full"), f"train.mode must be lora or full, got {t.mode!r}")
     _check(ds.gradient_type in ("adam", "sgd"), f"datastore.gradient_type must be adam or sgd, got {ds.gradient_type!r}")
     if isinstance(ds.projection, str):

@@ -17,7 +17,10 @@ from typing import Any
 
 import pytest
 
+from less import resolvers
 from less.paths import conf_dir
+
+resolvers.register()  # as run.py and less.api do
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"

@@ -64,6 +64,19 @@ def make_lm(cfg: DictConfig, base: str, adapter: str | None, tokenizer, device: 
         raise ConfigError(f"eval.backend must be hf or vllm, got {e.backend!r}")
     from lm_eval.models.huggingface import HFLM
 
+    from less import distributed
+
+    if distributed.world() > 1:
+        # rank 0 of a torchrun job evaluates alone: given a path, lm-eval would see the job's
+        # processes and split the requests across them (waiting for ranks that are not evaluating);
+        # given a model it stays in one process. The model is loaded as lm-eval loads a path.
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype), trust_remote_code=trust)
+        if adapter:
+            model = PeftModel.from_pretrained(model, adapter)
+        return HFLM(pretrained=model.to(device).eval(), tokenizer=tokenizer, batch_size=e.batch_size)
     return HFLM(pretrained=base, peft=adapter, tokenizer=tokenizer, dtype=dtype, device=str(device),
                 batch_size=e.batch_size, trust_remote_code=trust)
 

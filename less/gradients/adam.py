@@ -15,6 +15,37 @@ import torch
 from less.errors import DataError
 
 OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin")
+SHARDED_OPTIMIZER = "optimizer_0"  # FSDP's SHARDED_STATE_DICT: a torch.distributed.checkpoint directory
+
+
+def read_optimizer_state(ckpt: Path) -> tuple[dict, Path]:
+    """A checkpoint's optimizer state dict and the file or directory it came from: ``optimizer.pt``
+    (Trainer), ``optimizer.bin`` (accelerate; FSDP's FULL_STATE_DICT, name-keyed) or
+    ``optimizer_0/`` (FSDP's SHARDED_STATE_DICT: a torch.distributed.checkpoint directory written by
+    every rank, read back whole here without a process group)."""
+    ckpt = Path(ckpt)
+    path = next((ckpt / f for f in OPTIMIZER_FILES if (ckpt / f).is_file()), None)
+    if path is not None:
+        return torch.load(path, map_location="cpu", weights_only=True), path
+    sharded = ckpt / SHARDED_OPTIMIZER
+    if (sharded / ".metadata").is_file():
+        import tempfile
+
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        with tempfile.TemporaryDirectory() as tmp:
+            dcp_to_torch_save(sharded, Path(tmp) / "optimizer.pt")
+            sd = torch.load(Path(tmp) / "optimizer.pt", map_location="cpu", weights_only=True)
+        if "optimizer" not in sd:
+            raise DataError(f"{sharded}: a distributed checkpoint without an 'optimizer' entry")
+        return sd["optimizer"], sharded
+    per_rank = sorted(ckpt.glob("optimizer_0_rank*.bin"))
+    if per_rank:
+        raise DataError(f"{per_rank[0]}: per-rank FSDP optimizer files (accelerate's use_dcp=False) cannot be "
+                        "merged; save warmup checkpoints with fsdp_config.state_dict_type FULL_STATE_DICT "
+                        "or SHARDED_STATE_DICT (the default, DCP)")
+    raise DataError(f"{ckpt}: optimizer state missing from warmup checkpoint "
+                    f"(looked for {', '.join(OPTIMIZER_FILES)}, {SHARDED_OPTIMIZER}/)")
 
 
 def adam_direction(g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
@@ -34,17 +65,14 @@ def load_moments(ckpt: Path, optimizer_param_names: list[str] | None,
                  expected: dict[str, tuple[int, ...]]) -> Moments:
     """Read a checkpoint's optimizer state and return the moments of every expected parameter.
 
-    Layouts: ``optimizer.pt`` (transformers Trainer) or ``optimizer.bin`` (accelerate / FSDP, the
-    reference LESS warmup), with state keyed by integer index or by parameter name. Integer
+    Layouts (``read_optimizer_state``): ``optimizer.pt`` (transformers Trainer), ``optimizer.bin``
+    (accelerate / FSDP full state dict, the reference LESS warmup) or ``optimizer_0/`` (FSDP
+    sharded state dict), with state keyed by integer index or by parameter name. Integer
     indices are mapped to names through ``optimizer_param_names`` (the order recorded at save
     time) or, when that is None, the trainable-parameter order of ``expected``. Every expected
     parameter must be present with the expected shape.
     """
-    path = next((Path(ckpt) / f for f in OPTIMIZER_FILES if (Path(ckpt) / f).is_file()), None)
-    if path is None:
-        raise DataError(f"{ckpt}: optimizer state missing from warmup checkpoint "
-                        f"(looked for {', '.join(OPTIMIZER_FILES)})")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    sd, path = read_optimizer_state(ckpt)
     if "state" not in sd:
         raise DataError(f"{path}: not an optimizer state dict (no 'state')")
     state, groups = sd["state"], sd.get("param_groups", [])

@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from less import distributed
 from less.cache import to_plain, write_json_atomic
 from less.claims import Claims, uncovered
 from less.checkpoints import CHECKPOINT_META, external_warmup_dir, external_warmup_spec, warmup_checkpoints
@@ -135,7 +136,7 @@ class SplitFeatures:
                                     (self.work / "flat_dim.txt").write_text(str(ex.total))
                                 left = sum(b - a for a, b in self.missing(shard, num_shards)[epoch])
                                 bar = tqdm(total=left, desc=f"{self.split} features epoch {epoch}", unit="ex",
-                                           leave=False)
+                                           leave=False, disable=not distributed.is_main() or None)
                             x = ex.unscaled(self.enc, list(range(claim.start, claim.stop)))
                             feats = {d: finish(x[:, :d], bool(self.ds.normalize)).numpy()
                                      for d in (self.dims or [ex.total])}
@@ -237,7 +238,12 @@ def _work(split: str):
         sf = SplitFeatures(ctx.cfg, ctx.selector, source(ctx, inputs, "selector"), ctx.device,
                            _checkpoints_dir(ctx, inputs), inputs["examples"].dir / f"{split}.jsonl", split, work_dir)
         shard, num_shards = (ds.shard, ds.num_shards) if split == "pool" else (0, 1)
-        sf.extract(shard, num_shards, finished=lambda: ctx.artifact(f"{split}_features").cached)
+        # the ranks of a torchrun job split this job's chunks; then wait for each other
+        mine = distributed.subshard(shard, num_shards) if split == "pool" else (0, 1)
+        sf.extract(*mine, finished=lambda: ctx.artifact(f"{split}_features").cached)
+        if split == "pool" and distributed.started():  # every rank's rows are on disk after this
+            by_rank = distributed.gather(sf.info["rows_computed"])
+            sf.info.update(rows_computed=sum(by_rank), rows_by_rank=by_rank)
         log.info("%s features: this job computed %d rows (x checkpoints) of %d", split, sf.info["rows_computed"],
                  len(sf.enc) * len(sf.ckpts))
         if not sf.complete:
@@ -261,7 +267,7 @@ def _config(split: str):
 def _features(split: str) -> Stage:
     return Stage(
         f"{split}_features", kind="features", step="datastore", work=_work(split), config=_config(split),
-        shared_work=split == "pool", applies=needs_gradients,
+        shared_work=split == "pool", ranks="split" if split == "pool" else "main", applies=needs_gradients,
         inputs=lambda ctx: {"examples": split, "selector": "selector",
                             "checkpoints": "warmup" if ctx.cfg.datastore.use_warmup else "init_adapter"})
 

@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from less import distributed
 from less.cache import to_plain, write_json_atomic
 from less.data.formats import encode_examples, read_examples
 from less.errors import DataError
 from less.graph import Context, Inputs, Stage
 from less.models import load_model, load_tokenizer, lora_config, model_spec
 from less.stages.model import source
-from less.stages.warmup import track_curve
+from less.stages.warmup import track_curve, training_spec
 
 
 def build(ctx: Context, inputs: Inputs, out: Path) -> None:
@@ -32,8 +33,9 @@ def build(ctx: Context, inputs: Inputs, out: Path) -> None:
     if t.mode == "lora":
         model = get_peft_model(model, lora_config(t.lora))
     metrics = fit(model, tok, enc, t, out / "trainer", cfg.seed, save_every_epoch=False, device=ctx.device,
-                  stage="train", curve=ctx.curve("train"))
-    model.save_pretrained(out / ("adapter" if t.mode == "lora" else "model"))
+                  stage="train", curve=ctx.curve("train"), save_to=out / ("adapter" if t.mode == "lora" else "model"))
+    if not distributed.is_main():  # the other ranks of a torchrun job trained with it; rank 0 writes the rest
+        return
     if t.mode == "full":
         tok.save_pretrained(out / "model")
     write_json_atomic(out / "train.json", {
@@ -48,8 +50,8 @@ def report(ctx: Context, art) -> dict[str, Any]:
 
 
 TRAIN = Stage(
-    "train", step="train", build=build, report=report, track=track_curve("train", "train.json"),
+    "train", step="train", build=build, ranks="all", report=report, track=track_curve("train", "train.json"),
     wandb_type="model", wandb_files=("train.json",), wandb_model=("adapter", "model"),
     inputs=lambda ctx: {"selection": "select", "model": "model"},
     config=lambda ctx: {"model": model_spec(ctx.cfg.model), "chat_format": ctx.cfg.chat_format,
-                        "train": to_plain(ctx.cfg.train), "seed": ctx.cfg.seed})
+                        "train": training_spec(ctx.cfg.train), "seed": ctx.cfg.seed})

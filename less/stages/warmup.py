@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from less import distributed
 from less.cache import to_plain, write_json_atomic
 from less.checkpoints import CHECKPOINT_META
 from less.data.formats import encode_examples, read_examples, write_jsonl
@@ -18,6 +19,16 @@ from less.errors import DataError
 from less.graph import Context, Inputs, Stage
 from less.models import load_model, load_tokenizer, lora_config, model_spec
 from less.stages.model import source
+
+
+# How training is spread over devices, not what it computes (beyond float rounding, like the number
+# of processes): left out of the warmup and train artifacts' keys.
+SHARDING_KEYS = ("fsdp", "fsdp_config", "deepspeed")
+
+
+def training_spec(cfg: DictConfig) -> dict[str, Any]:
+    """A warmup/train config as its artifact's key sees it (without ``SHARDING_KEYS``)."""
+    return {k: v for k, v in to_plain(cfg).items() if k not in SHARDING_KEYS}
 
 
 def needs_gradients(ctx: Context) -> bool:
@@ -57,6 +68,8 @@ def build_warmup(ctx: Context, inputs: Inputs, out: Path) -> None:
     model = get_peft_model(load_model(ctx.selector, src, ctx.device, dtype=w.dtype), lora_config(w.lora))
     metrics = fit(model, tok, enc, w, out / "trainer", cfg.seed, save_every_epoch=True, device=ctx.device,
                   stage="warmup", curve=ctx.curve("warmup"))
+    if not distributed.is_main():  # the other ranks of a torchrun job trained with it; rank 0 writes the rest
+        return
     ckpts = sorted((out / "trainer").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     if len(ckpts) != w.epochs:
         raise RuntimeError(f"warmup wrote {len(ckpts)} checkpoints for {w.epochs} epochs")
@@ -103,11 +116,11 @@ def track_curve(prefix: str, record: str):
 
 
 WARMUP = Stage(
-    "warmup", step="warmup", build=build_warmup, report=_report, track=track_curve("warmup", "warmup.json"),
+    "warmup", step="warmup", build=build_warmup, ranks="all", report=_report, track=track_curve("warmup", "warmup.json"),
     wandb_type="checkpoints", wandb_files=("warmup.json",),
     inputs=lambda ctx: {"pool": "pool", "selector": "selector"},
     config=lambda ctx: {"selector": model_spec(ctx.selector), "chat_format": ctx.cfg.chat_format,
-                        "warmup": to_plain(ctx.cfg.warmup), "seed": ctx.cfg.seed},
+                        "warmup": training_spec(ctx.cfg.warmup), "seed": ctx.cfg.seed},
     applies=needs_warmup)
 
 INIT_ADAPTER = Stage(
