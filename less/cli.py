@@ -25,8 +25,7 @@ resolvers.register()
 def rank_overrides(argv: list[str]) -> list[str]:
     """The command line of one process of a torchrun/accelerate job: rank 0 keeps Hydra's output
     directory (results.json, run.log, .hydra); the other ranks write none (no ``.hydra``, logs to
-    stdout, ``hydra.run.dir=.`` unless one is given: the timestamped default would differ between
-    ranks). A sweep (``-m``) is one launch per job instead."""
+    stdout, ``hydra.run.dir=.``: a timestamped directory would differ between ranks). A sweep (``-m``) is one launch per job instead."""
     if distributed.world() <= 1:
         return argv
     if any(a in ("-m", "--multirun") for a in argv[1:]):
@@ -35,10 +34,7 @@ def rank_overrides(argv: list[str]) -> list[str]:
         sys.exit(2)
     if distributed.is_main():
         return argv
-    extra = ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
-    if not any(a.startswith("hydra.run.dir=") for a in argv[1:]):
-        extra.append("hydra.run.dir=.")
-    return argv + extra
+    return argv + ["hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.run.dir=."]  # the last value wins
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")

@@ -12,9 +12,9 @@ stage graph (less.runner); what each does at a stage:
 - ``split`` stages (pool gradient features): each rank computes its own contiguous run of chunks on
   its own device; rank 0 assembles the artifact once all are on disk.
 
-Ranks wait for each other through a gloo process group (on CPU and GPU alike, so a long wait for
-rank 0 never trips the NCCL watchdog) with ``distributed.timeout_minutes``; the Trainer's
-collectives use the default group (NCCL on GPUs, gloo on CPU). One process is rank 0 of 1 and
+Ranks wait for each other through a gloo process group of their own (on CPU and GPU alike, so a
+long wait for rank 0 never trips the NCCL watchdog) with ``distributed.timeout_minutes``; the
+Trainer's collectives use the default group (NCCL on GPUs, gloo on CPU; 30 minutes at most). One process is rank 0 of 1 and
 every call here is free.
 """
 
@@ -85,8 +85,10 @@ def start(timeout_minutes: float, cuda: bool) -> None:
     if not dist.is_initialized():
         if cuda:
             torch.cuda.set_device(local_rank())
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
-    _group = dist.new_group(backend="gloo", timeout=timeout) if dist.get_backend() != "gloo" else dist.group.WORLD
+        # the Trainer's collectives: a rank that died mid-step is noticed after the Trainer's own
+        # default (30 min), not after the long waits for rank 0 below
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=min(timeout, datetime.timedelta(minutes=30)))
+    _group = dist.new_group(backend="gloo", timeout=timeout)
 
 
 def started() -> bool:

@@ -10,6 +10,11 @@ its config (``seed_everything``). A stage whose step is not to run and whose art
 stops the run with one line naming the step to add. The plan is the same walk asking only
 "cached?".
 
+Under torchrun (several processes of one job, less.distributed) every rank walks the same graph:
+whether an artifact is cached is rank 0's answer, and each stage's ``ranks`` says who builds it
+(rank 0 while the others wait, every rank together, or each rank its part of the work); only
+rank 0 reports.
+
 Every run writes ``results.json`` (each stage's report merged, per-step times, accounting) to the
 output directory and prints a short summary (less.results).
 
@@ -195,11 +200,15 @@ class Runner:
             return self.got[name]
         s, art = self.graph[name], self.lookup(name)
         seconds = 0.0
-        if self.together and distributed.share(art.cached) and not art.cached:  # rank 0 found it: so must every rank
-            art = self.lookup(name)
-            if not art.cached:
-                raise ConfigError(f"rank {distributed.rank()} does not see {art.dir}, which rank 0 does: "
-                                  "cache_dir must be one directory shared by every rank")
+        if self.together:  # every rank follows rank 0's answer, so that they take the same path
+            cached = distributed.share(art.cached)
+            if cached and not art.cached:
+                art = self.lookup(name)
+                if not art.cached:
+                    raise ConfigError(f"rank {distributed.rank()} does not see {art.dir}, which rank 0 does: "
+                                      "cache_dir must be one directory shared by every rank")
+            elif art.cached and not cached:  # another job finished it since rank 0 looked: build with rank 0
+                art = Artifact(art.kind, art.key, art.dir, False)
         if not art.cached:
             if not self.wanted(name):
                 raise CacheMiss(f"{s.cache_kind} artifact {art.key} is not in the cache ({art.dir}); "

@@ -16,6 +16,32 @@ def _check(ok: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def _check_deepspeed(name: str, ds_cfg) -> None:
+    """A DeepSpeed config the pipeline can use: for target training only (the datastore needs the
+    warmup's Adam moments per parameter, which ZeRO keeps flattened), and under ZeRO-3 with the
+    16-bit weights gathered at save (else the trained model is saved empty)."""
+    import json
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    _check(name == "train", "warmup.deepspeed: not supported (the datastore reads the warmup's Adam moments per "
+                            "parameter; ZeRO keeps them flattened): use warmup.fsdp")
+    if isinstance(ds_cfg, str):
+        path = Path(ds_cfg).expanduser()
+        _check(path.is_file(), f"train.deepspeed={ds_cfg}: no such file")
+        try:
+            conf = json.loads(path.read_text())
+        except ValueError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e}) (set by train.deepspeed)") from None
+    else:
+        conf = OmegaConf.to_container(ds_cfg, resolve=True)
+    zero = conf.get("zero_optimization") or {}
+    _check(zero.get("stage") != 3 or zero.get("stage3_gather_16bit_weights_on_model_save") is True,
+           "train.deepspeed: ZeRO stage 3 needs zero_optimization.stage3_gather_16bit_weights_on_model_save: true "
+           "(else the trained model is saved without its weights)")
+
+
 def validate(cfg: DictConfig) -> None:
     unknown = [s for s in cfg.stages if s not in STEPS]
     _check(not unknown, f"stages: unknown stage(s) {unknown}; choose from {list(STEPS)}")
@@ -26,9 +52,6 @@ def validate(cfg: DictConfig) -> None:
         _check(0 <= node.warmup_ratio < 1, f"{name}.warmup_ratio must be in [0, 1), got {node.warmup_ratio}")
         _check(node.loss in ("example_mean", "token_mean"),
                f"{name}.loss must be example_mean or token_mean, got {node.loss!r}")
-        _check(node.batch_size % node.per_device_batch_size == 0,
-               f"{name}.batch_size ({node.batch_size}) must be a multiple of "
-               f"{name}.per_device_batch_size ({node.per_device_batch_size})")
         _check(node.get("dtype") in MODEL_DTYPES, f"{name}.dtype must be one of {sorted(MODEL_DTYPES)}, got {node.get('dtype')!r}")
         _check(isinstance(node.get("fsdp", False), bool), f"{name}.fsdp must be true or false, got {node.get('fsdp')!r}")
         _check(node.get("fsdp_config") is None or isinstance(node.get("fsdp_config"), DictConfig),
@@ -37,6 +60,18 @@ def validate(cfg: DictConfig) -> None:
         _check(ds_cfg is None or isinstance(ds_cfg, (str, DictConfig)),
                f"{name}.deepspeed must be a JSON file path or a mapping, got {ds_cfg!r}")
         _check(not (node.get("fsdp") and ds_cfg), f"{name}.fsdp and {name}.deepspeed are both set; choose one")
+        state_dict = (node.get("fsdp_config") or {}).get("state_dict_type", "FULL_STATE_DICT")
+        _check(not node.get("fsdp") or state_dict == "FULL_STATE_DICT",
+               f"{name}.fsdp_config.state_dict_type={state_dict}: the model (or adapter) must be saved whole for "
+               "the next stages to load it; use FULL_STATE_DICT")
+        if ds_cfg:
+            _check_deepspeed(name, ds_cfg)
+        from less import distributed
+
+        per_update = node.per_device_batch_size * distributed.world()
+        _check(node.batch_size % per_update == 0,
+               f"{name}.batch_size ({node.batch_size}) is not a multiple of {name}.per_device_batch_size "
+               f"({node.per_device_batch_size}) x {distributed.world()} processes")
         if (node.get("fsdp") or ds_cfg) and name in cfg.stages and not cfg.plan:
             import torch
 

@@ -137,8 +137,8 @@ def test_only_rank_0_keeps_an_output_directory(monkeypatch, capsys):
     assert rank_overrides(argv) == argv
     monkeypatch.setenv("RANK", "1")
     assert rank_overrides(argv) == argv + ["hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.run.dir=."]
-    given = argv + ["hydra.run.dir=/x"]
-    assert rank_overrides(given) == given + ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    given = argv + ["hydra.run.dir=/x/${now:%H-%M-%S}"]  # the last value wins: ".", whatever the clock says
+    assert rank_overrides(given)[-1] == "hydra.run.dir=."
     with pytest.raises(SystemExit) as e:
         rank_overrides(["run.py", "-m", "seed=0,1"])
     assert e.value.code == 2 and "error: -m (a sweep) under a launcher of 2 processes" in capsys.readouterr().err
@@ -178,7 +178,7 @@ def test_the_fsdp_preset_shards_llama2_7b_full_fine_tuning(monkeypatch):
     from less.training import accumulation_steps, sharding
     from less.validate import validate
 
-    cfg = compose(["model=llama2_7b", "train=paper_full_fsdp"], hydra=False)
+    cfg = compose(["model=llama2_7b", "warmup=paper", "train=paper_full_fsdp"], hydra=False)
     args = sharding(cfg.train)
     assert args["fsdp"] is True and args["fsdp_config"]["version"] == 2
     assert args["fsdp_config"]["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
@@ -191,7 +191,7 @@ def test_the_fsdp_preset_shards_llama2_7b_full_fine_tuning(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match=r"train\.fsdp needs GPUs"):
         validate(cfg)
-    validate(compose(["model=llama2_7b", "train=paper_full_fsdp", "plan=true"], hydra=False))  # a plan is fine
+    validate(compose(["model=llama2_7b", "warmup=paper", "train=paper_full_fsdp", "plan=true"], hydra=False))  # a plan is fine
 
 
 @pytest.mark.slow
@@ -261,3 +261,27 @@ def test_an_error_on_rank_0_ends_every_rank_with_its_line(tiny_model_dir, shared
     assert any(f"error: {tmp_path}/broken.jsonl:2: malformed JSON" in e for e in errors), proc.stderr[-3000:]
     assert any("error: rank 0 failed to build the pool artifact" in e for e in errors), proc.stderr[-3000:]
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["train=paper_full_fsdp", "train.fsdp_config.state_dict_type=SHARDED_STATE_DICT"],
+     r"train\.fsdp_config\.state_dict_type=SHARDED_STATE_DICT: the model \(or adapter\) must be saved whole"),
+    (["+train.deepspeed.zero_optimization.stage=3"], r"train\.deepspeed: ZeRO stage 3 needs"),
+    (["train.deepspeed=/nonexistent/ds.json"], r"train\.deepspeed=/nonexistent/ds\.json: no such file"),
+    (["+warmup.deepspeed.zero_optimization.stage=2"], r"warmup\.deepspeed: not supported"),
+    (["warmup.per_device_batch_size=8"], r"warmup\.batch_size \(8\) is not a multiple of warmup\.per_device_batch_size \(8\) x 2 processes"),
+])
+def test_sharding_settings_the_pipeline_cannot_use_are_refused(monkeypatch, overrides, needle):
+    """Before any step (plan=true: no GPU needed to see the mistake)."""
+    from less.errors import ConfigError
+    from less.validate import validate
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    validate(compose(["plan=true"], hydra=False))  # the tiny default splits over 2 processes
+    with pytest.raises(ConfigError, match=needle):
+        validate(compose(["plan=true", *overrides], hydra=False))
+    ok = {"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True}}
+    from less.validate import _check_deepspeed
+    from omegaconf import OmegaConf
+
+    _check_deepspeed("train", OmegaConf.create(ok))

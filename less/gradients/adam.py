@@ -42,8 +42,7 @@ def read_optimizer_state(ckpt: Path) -> tuple[dict, Path]:
     per_rank = sorted(ckpt.glob("optimizer_0_rank*.bin"))
     if per_rank:
         raise DataError(f"{per_rank[0]}: per-rank FSDP optimizer files (accelerate's use_dcp=False) cannot be "
-                        "merged; save warmup checkpoints with fsdp_config.state_dict_type FULL_STATE_DICT "
-                        "or SHARDED_STATE_DICT (the default, DCP)")
+                        "merged; save warmup checkpoints with fsdp_config.state_dict_type FULL_STATE_DICT")
     raise DataError(f"{ckpt}: optimizer state missing from warmup checkpoint "
                     f"(looked for {', '.join(OPTIMIZER_FILES)}, {SHARDED_OPTIMIZER}/)")
 

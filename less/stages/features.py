@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +134,10 @@ class SplitFeatures:
                         try:
                             if ex is None:
                                 model, ex = self._extractor(self.warmup_dir / c["dir"])
-                                if self.dims is None:
-                                    (self.work / "flat_dim.txt").write_text(str(ex.total))
+                                if self.dims is None:  # every rank may write it: atomically
+                                    tmp = self.work / f".flat_dim.{uuid.uuid4().hex}.tmp"
+                                    tmp.write_text(str(ex.total))
+                                    os.replace(tmp, self.work / "flat_dim.txt")
                                 left = sum(b - a for a, b in self.missing(shard, num_shards)[epoch])
                                 bar = tqdm(total=left, desc=f"{self.split} features epoch {epoch}", unit="ex",
                                            leave=False, disable=not distributed.is_main() or None)
