@@ -285,3 +285,18 @@ def test_sharding_settings_the_pipeline_cannot_use_are_refused(monkeypatch, over
     from omegaconf import OmegaConf
 
     _check_deepspeed("train", OmegaConf.create(ok))
+
+
+def test_random_1b_is_a_1b_llama_shape():
+    """``model=random_1b`` (GPU smoke runs): an untrained Llama of 0.7-1B parameters, counted on the
+    meta device (nothing allocated)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    t = compose(["model=random_1b"], hydra=False).model.tiny
+    assert t.pretrain_steps == 0
+    config = LlamaConfig(vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+                         num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads,
+                         num_key_value_heads=t.num_heads, tie_word_embeddings=True)
+    with torch.device("meta"):
+        n = sum(p.numel() for p in LlamaForCausalLM(config).parameters())
+    assert 0.7e9 < n < 1.0e9, n
