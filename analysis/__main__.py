@@ -1,7 +1,7 @@
 """Turn a sweep directory (or a W&B project) into its table and plots, or show what a run selected.
 
     python -m analysis multirun/main_table_tiny/<date_time>            # -> <dir>/analysis/
-    python -m analysis <sweep> --metric less_synthetic_arithmetic.acc_norm --by method,fraction
+    python -m analysis <sweep> --metric less_synthetic_color.acc_norm --by method,fraction
     python -m analysis --wandb entity/project --group main_table --out report/
     python -m analysis inspect outputs/default/<date_time> --top 5
 """

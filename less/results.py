@@ -106,14 +106,16 @@ def summary(r: dict[str, Any], path: Path) -> str:
             final = f", final logged loss {t['final_loss']:.4f}" if t.get("final_loss") is not None else ""
             lines.append(f"{name}: {t.get('n_examples')} examples, {t.get('steps')} steps, "
                          f"mean train loss {t['train_loss']:.4f}{final}")
-    for task, ms in r.get("eval", {}).items():
-        if not isinstance(ms, dict):  # e.g. tydiqa_shot_source
-            lines.append(f"eval {task}: {ms}")
-            continue
-        subs = ms.get("subtasks", {})
-        lines.append(f"eval {task}: " + ", ".join(f"{m}={v:.4f}" for m, v in ms.items()
-                                                   if m != "subtasks" and not m.endswith("stderr"))
-                     + (f" ({len(subs)} subtasks in results.json)" if subs else ""))
+    for key, label in (("eval", ""), ("eval_base", " (base model)")):
+        for task, ms in r.get(key, {}).items():
+            if not isinstance(ms, dict):  # e.g. tydiqa_shot_source
+                lines.append(f"eval {task}{label}: {ms}")
+                continue
+            subs = ms.get("subtasks", {})
+            lines.append(f"eval {task}{label}: " + ", ".join(
+                f"{m}={v:.4f}" + (f" ± {ms[m + '_stderr']:.4f}" if isinstance(ms.get(m + "_stderr"), float) else "")
+                for m, v in ms.items() if m != "subtasks" and not m.endswith("stderr"))
+                + (f" ({len(subs)} subtasks in results.json)" if subs else ""))
     for name, s in r["stages"].items():
         state = "cached" if s["cached"] else "computed"
         if s.get("complete") is False:

@@ -131,8 +131,8 @@ def validate(cfg: DictConfig) -> None:
         from less.evaluation.tasks import check_tydiqa_train
 
         check_tydiqa_train(e, cfg.data)
-    if "eval" in cfg.stages and "less_synthetic_arithmetic" in cfg.eval.tasks:
-        _check(cfg.target.kind == "synthetic", "eval.tasks: less_synthetic_arithmetic needs target=synthetic "
+    if "eval" in cfg.stages and "less_synthetic_color" in cfg.eval.tasks:
+        _check(cfg.target.kind == "synthetic", "eval.tasks: less_synthetic_color needs target=synthetic "
                f"(got target={cfg.target.name}); set eval.tasks or leave eval out of stages")
     _check(cfg.chat_format in ("tulu", "tokenizer"), f"chat_format must be tulu or tokenizer, got {cfg.chat_format!r}")
     _check(cfg.logger.name in ("wandb", "none"), f"logger.name must be wandb or none, got {cfg.logger.name!r}")

@@ -32,7 +32,7 @@ def fake(tmp_path):
     a["model"] = _build(cache, "model", {"kind": "tiny", "path": None, "tiny": {"hidden_size": 64, "num_layers": 2}},
                         size=50_000)
     a["pool"] = _build(cache, "pool", {"name": "synthetic", "n_per_skill": 100}, size=20_000)
-    a["target"] = _build(cache, "target", {"name": "synthetic_arithmetic", "n_per_subtask": 4}, size=3_000)
+    a["target"] = _build(cache, "target", {"name": "synthetic_color", "n_per_subtask": 4}, size=3_000)
     a["less"] = _build(cache, "select", {"selection": {"method": "less", "fraction": 0.05, "k": None}, "seed": 0},
                        {"pool": a["pool"].key, "target": a["target"].key}, size=4_000)
     a["random"] = _build(cache, "select", {"selection": {"method": "random", "fraction": 0.1, "k": None}, "seed": 0},
@@ -41,7 +41,7 @@ def fake(tmp_path):
                              {"selection": a["less"].key, "model": a["model"].key}, size=8_000)
     a["train_random"] = _build(cache, "train", {"train": {"mode": "lora", "epochs": 4, "lr": 0.002}},
                                {"selection": a["random"].key, "model": a["model"].key}, size=8_000)
-    a["eval_random"] = _build(cache, "eval", {"eval": {"tasks": ["less_synthetic_arithmetic"], "limit": None}},
+    a["eval_random"] = _build(cache, "eval", {"eval": {"tasks": ["less_synthetic_color"], "limit": None}},
                               {"train": a["train_random"].key, "model": a["model"].key}, size=1_000)
     (cache.root / "_wandb").mkdir()  # not a kind: the W&B ledger
     (cache.root / "_wandb" / "0123.json").write_text("{}")

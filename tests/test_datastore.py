@@ -269,7 +269,7 @@ def test_shards_under_joblib_equal_one_job_up_to_rounding(unsharded, shared_cach
     assert not list(cache.glob("features/.work-*"))
 
 
-POOL_ROWS = 240 * 4  # SMALL's pool x the warmup's 4 checkpoints
+POOL_ROWS = 40 * 8 * 4  # SMALL's pool (40 per skill x 8 skills) x the warmup's 4 checkpoints
 
 
 @pytest.mark.slow

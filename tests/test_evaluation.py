@@ -441,14 +441,14 @@ def test_standalone_eval_of_an_adapter_without_merging(default_run, shared_cache
     base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
     alone = run_pipeline(["stages=[eval]", f"eval.model={base}", f"eval.adapter={adapter}"], shared_cache, tmp_path)
     assert set(alone["stages"]) == {"eval"}
-    assert alone["eval"]["less_synthetic_arithmetic"]["acc"] == res["eval"]["less_synthetic_arithmetic"]["acc"]
+    assert alone["eval"]["less_synthetic_color"]["acc"] == res["eval"]["less_synthetic_color"]["acc"]
 
 
 def test_local_tasks_are_indexed_without_lm_evals_built_ins():
     """Only when a task is not local does the index include lm-eval's built-in tasks (~30 s)."""
     from less.evaluation.run import PACKAGE_TASKS, task_manager
 
-    local = task_manager([str(PACKAGE_TASKS)], ["less_synthetic_arithmetic"])
-    assert "less_synthetic_arithmetic" in local.all_tasks and "hellaswag" not in local.all_tasks
-    both = task_manager([str(PACKAGE_TASKS)], ["less_synthetic_arithmetic", "hellaswag"])
-    assert {"less_synthetic_arithmetic", "hellaswag"} <= set(both.all_tasks)
+    local = task_manager([str(PACKAGE_TASKS)], ["less_synthetic_color"])
+    assert "less_synthetic_color" in local.all_tasks and "hellaswag" not in local.all_tasks
+    both = task_manager([str(PACKAGE_TASKS)], ["less_synthetic_color", "hellaswag"])
+    assert {"less_synthetic_color", "hellaswag"} <= set(both.all_tasks)

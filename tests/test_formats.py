@@ -77,15 +77,30 @@ def test_synthetic_pool_and_target():
     assert {r["skill"] for r in pool} == set(synthetic.SKILLS)
     assert pool == synthetic.make_pool(20, seed=0) and pool != synthetic.make_pool(20, seed=1)
     target = synthetic.make_target(4, seed=0)
-    assert [r["subtask"] for r in target] == ["addition"] * 4 + ["subtraction"] * 4 + ["multiplication"] * 4
+    assert [r["subtask"] for r in target] == ["three_words"] * 4 + ["four_words"] * 4 + ["five_words"] * 4
+    for row in target:  # the answer is the one color among the listed words
+        q, a = row["messages"][0]["content"], row["messages"][1]["content"]
+        listed = [w.strip(" .?") for w in q.split(":")[1].split(",")]
+        assert len(listed) == {"three_words": 3, "four_words": 4, "five_words": 5}[row["subtask"]]
+        assert [w for w in listed if w in synthetic.COLORS] == [a.removeprefix("Answer: ").rstrip(".")]
+    pool_questions = {r["messages"][0]["content"] for r in pool}
     for row in synthetic.make_eval_mc(30, seed=0):
         assert len(set(row["choices"])) == 4
         q = row["prompt"].split("\n")[1]
-        nums = [int(t.strip("?.")) for t in q.split() if t.strip("?.").isdigit()]
-        op = row["subtask"]
-        truth = {"addition": nums[0] + nums[1], "subtraction": nums[0] - nums[1],
-                 "multiplication": nums[0] * nums[1]}[op]
-        assert row["choices"][row["label"]] == f"The answer is {truth}."
+        assert q not in pool_questions and not any(q.startswith(t.split("{")[0]) for t in synthetic.COLOR_TEMPLATES)
+        right = row["choices"][row["label"]].removeprefix("Answer: ").rstrip(".")
+        assert right in synthetic.COLORS and right in q
+        assert all(c.removeprefix("Answer: ").rstrip(".") not in synthetic.COLORS
+                   for i, c in enumerate(row["choices"]) if i != row["label"])
+    near = [r for r in pool if r["skill"] == "not_color"]  # the near miss: same words, the other answer
+    for r in near:
+        assert r["messages"][1]["content"].removeprefix("Answer: ").rstrip(".") not in synthetic.COLORS
+
+
+def test_the_tiny_models_pretraining_text_has_no_color_skill():
+    """The base model must not know the target skill (nor its near miss) before training."""
+    corpus = synthetic.pretraining_corpus(20, seed=0)
+    assert corpus and not any("is a color" in t or "is not a color" in t or "the color in" in t for t in corpus)
 
 
 def test_encoding_equals_tokenizing_the_whole_text(tiny_tokenizer):

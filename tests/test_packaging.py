@@ -76,7 +76,7 @@ def test_the_wheel_holds_the_config_tree_analysis_and_task_yamls(wheel):
         files = {p.relative_to(ROOT).as_posix() for p in (ROOT / package).rglob("*")
                  if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts}
         assert files <= names, sorted(files - names)
-    assert {"analysis/__main__.py", "less/tasks/less_synthetic_arithmetic.yaml", "less/evaluation/paper_bbh.yaml",
+    assert {"analysis/__main__.py", "less/tasks/less_synthetic_color.yaml", "less/evaluation/paper_bbh.yaml",
             "less/cli.py"} <= names
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()

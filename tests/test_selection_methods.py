@@ -24,13 +24,17 @@ BASE = 1 / len(synthetic.SKILLS)
 
 def share(scores, k=30):
     chosen = top_k(np.asarray(scores, dtype=np.float64), k)
-    return np.mean([POOL[i]["skill"] == "arithmetic" for i in chosen])
+    return np.mean([POOL[i]["skill"] == synthetic.TARGET_SKILL for i in chosen])
 
 
 def test_text_methods_on_the_synthetic_pool():
     assert share(text.bm25_scores(POOL, TARGET, SUBTASKS)) >= 3 * BASE
-    assert share(text.dsir_scores(POOL, TARGET, resample=False)) >= 3 * BASE
-    assert share(text.dsir_scores(POOL, TARGET, resample=True, seed=0)) >= 3 * BASE
+    # DSIR's hashed n-gram weights miss the skill on this pool (the near miss and other skills share
+    # its words; README, Selection methods) but still select by content: a few skills dominate
+    for resample in (False, True):
+        chosen = top_k(np.asarray(text.dsir_scores(POOL, TARGET, resample=resample, seed=0), dtype=np.float64), 30)
+        skills = np.unique([POOL[i]["skill"] for i in chosen], return_counts=True)[1]
+        assert skills.max() >= 3 * BASE * 30
     # random: within 4 binomial standard deviations of the base share (k=30 draws)
     assert abs(share(text.random_scores(len(POOL), 0)) - BASE) <= 4 * np.sqrt(BASE * (1 - BASE) / 30)
     lengths = text.length_scores(POOL)
@@ -259,9 +263,11 @@ def test_methods_through_the_pipeline(sweep):
     assert set(METHODS) <= set(names())
     # rds with its default last-token pooling is not asserted: a pool example's last token is its
     # EOS, a target example's is the answer (as in the reference), and on the tiny model that picks
-    # little arithmetic; mean pooling is (test_representations_stage_model_and_pooling)
-    for m in ("bm25", "less", "dsir"):
+    # little of the target skill; mean pooling is (test_representations_stage_model_and_pooling)
+    for m in ("bm25", "less"):
         assert sweep[m]["selection"]["target_share"] > 2 * sweep[m]["selection"]["base_share"], m
+    # the near miss (same words, the other answer) fools word overlap, not gradients
+    assert sweep["less"]["selection"]["target_share"] > sweep["bm25"]["selection"]["target_share"]
     assert sweep["full"]["selection"]["n_selected"] == 600
     for m, res in sweep.items():  # rds and kcenter take representations from the last warmup checkpoint
         assert ("warmup" in res["stages"]) == (m in ("less", "rds", "kcenter"))

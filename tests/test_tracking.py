@@ -17,7 +17,7 @@ from tests.wandb_records import read_records
 
 SWEEP = ["selection=less,random", "selection.fraction=0.05,0.1", "pool.n_per_skill=30",
          "warmup.logging_steps=2", "train.logging_steps=2"]
-LOGGED_ONCE = ("target", "pool", "warmup", "datastore")  # made by the first job, taken from the cache after
+LOGGED_ONCE = ("target", "pool", "warmup", "datastore", "eval_base")  # made by the first job, taken from the cache after
 
 
 def read_run(path: Path) -> dict[str, Any]:
@@ -123,7 +123,7 @@ def test_a_sweeps_wandb_runs(tiny_model_dir, shared_cache, tmp_path):
             assert "key.json" in a["files"]
         assert made["select"][1]["type"] == "selection" and "selected.jsonl" in made["select"][1]["files"]
         assert made["select"][1]["metadata"]["report"]["selection"]["n_selected"] == job["selection"]["n_selected"]
-        assert made["train"][1]["metadata"]["config"]["train"]["epochs"] == 4
+        assert made["train"][1]["metadata"]["config"]["train"]["epochs"] == 8
         assert not any(f.startswith("adapter") for f in made["train"][1]["files"])  # logger.log_model=false
         # lineage: eval <- trained model <- selection <- datastore <- pool, every name an artifact of the sweep
         everything = {n: a for r in ordered for n, a in r["artifacts"].items()}

@@ -59,7 +59,10 @@ def load_pool(pool_cfg: DictConfig, data_cfg: DictConfig) -> list[dict[str, Any]
     elif pool_cfg.kind == "less_data":
         rows = pools.less_data(pool_cfg, data_cfg)
     elif pool_cfg.kind == "synthetic":
-        rows = synthetic.make_pool(pool_cfg.n_per_skill, pool_cfg.seed)
+        try:
+            rows = synthetic.make_pool(pool_cfg.n_per_skill, pool_cfg.seed, list(pool_cfg.skills))
+        except ValueError as e:
+            raise ConfigError(f"pool.skills: {e}") from None
     elif pool_cfg.kind == "jsonl":
         files = list(pool_cfg.files) if not isinstance(pool_cfg.files, str) else [pool_cfg.files]
         if not files:
@@ -110,7 +113,7 @@ def load_target(target_cfg: DictConfig, data_cfg: DictConfig) -> list[dict[str, 
 def eval_data(target_cfg: DictConfig) -> dict[str, list[dict[str, Any]]]:
     """Test sets the target ships for its own lm-eval tasks: {task name: rows}."""
     if target_cfg.kind == "synthetic":
-        return {"less_synthetic_arithmetic": synthetic.make_eval_mc(target_cfg.n_eval, target_cfg.seed)}
+        return {"less_synthetic_color": synthetic.make_eval_mc(target_cfg.n_eval, target_cfg.seed)}
     return {}
 
 

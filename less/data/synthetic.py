@@ -1,9 +1,17 @@
-"""A synthetic instruction pool of clearly different skills, and a few-shot arithmetic target.
+"""A synthetic instruction pool of different skills, and a few-shot target skill it holds.
 
-The embedded default runs LESS on this data: a pool mixing six skills (each example labelled with
-its ``skill``), a target set for ``arithmetic`` split into subtasks (addition, subtraction,
-multiplication) so that the mean-within-subtask / max-over-subtasks scoring is exercised, and a
-multiple-choice test set for the lm-eval task ``less_synthetic_arithmetic``.
+The embedded default runs LESS on this data. The target skill is ``color``: pick the color word
+out of a short list ("Which word is a color: fox, red, stone, owl?" -> "Answer: red."). The tiny
+model cannot do it before training (its pretraining text has no such task: see
+``pretraining_corpus``), and learns it from the few dozen examples a 5% selection holds. The pool
+mixes it with six unrelated skills and with ``not_color``, a near miss that shares its words and
+answer format but asks for the opposite ("Which word is not a color: ...?" -> the non-color word):
+training on it teaches the wrong answer, and word overlap (BM25) cannot tell the two apart.
+
+The target set D_val has subtasks by list length (three, four, five words), so the
+mean-within-subtask / max-over-subtasks scoring is exercised; the lm-eval task
+``less_synthetic_color`` asks held-out questions (templates the pool never uses, new lists of four
+words) as multiple choice among the four listed words.
 """
 
 from __future__ import annotations
@@ -80,7 +88,47 @@ OTHER_SKILLS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
     "reverse": _reverse, "capital": _capital, "uppercase": _uppercase,
     "sort_words": _sort_words, "describe": _describe,
 }
-SKILLS = ["arithmetic", *OTHER_SKILLS]
+# What the tiny model is pretrained on (before the color skills existed; its corpus stays as it was).
+PRETRAIN_SKILLS = ["arithmetic", *OTHER_SKILLS]
+
+# The target skill and its near miss: lists of words from these groups.
+NOT_COLORS = ANIMALS + "apple river stone cloud garden window forest candle mirror planet butter pencil".split()
+COLOR_TEMPLATES = ["Which word is a color: {l}?", "Pick the color among these words: {l}.",
+                   "Find the color in this list: {l}."]
+NOT_COLOR_TEMPLATES = ["Which word is not a color: {l}?", "Pick the word among these that is not a color: {l}.",
+                       "Find the word that is not a color in this list: {l}."]
+EVAL_TEMPLATES = ["Name the color in: {l}.", "Of these words, which one is a color: {l}?"]  # never in the pool
+LIST_LENGTHS = {"three_words": 3, "four_words": 4, "five_words": 5}
+
+
+def _color(rng: random.Random, n_words: int | None = None, templates=COLOR_TEMPLATES) -> tuple[str, str, list[str]]:
+    """(question, answer word, listed words): one color among ``n_words`` (3 to 5) words."""
+    n = n_words or rng.choice(list(LIST_LENGTHS.values()))
+    color = rng.choice(COLORS)
+    words = [color, *rng.sample(NOT_COLORS, n - 1)]
+    rng.shuffle(words)
+    return rng.choice(templates).format(l=", ".join(words)), color, words
+
+
+def _not_color(rng: random.Random) -> tuple[str, str]:
+    """The near miss: one non-color among colors; the answer is the non-color."""
+    n = rng.choice(list(LIST_LENGTHS.values()))
+    odd = rng.choice(NOT_COLORS)
+    words = [odd, *rng.sample(COLORS, n - 1)]
+    rng.shuffle(words)
+    return rng.choice(NOT_COLOR_TEMPLATES).format(l=", ".join(words)), f"Answer: {odd}."
+
+
+def _color_pair(rng: random.Random) -> tuple[str, str]:
+    q, color, _ = _color(rng)
+    return q, f"Answer: {color}."
+
+
+POOL_SKILLS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
+    "arithmetic": lambda rng: _arith(rng)[1:], **OTHER_SKILLS, "color": _color_pair, "not_color": _not_color,
+}
+SKILLS = list(POOL_SKILLS)
+TARGET_SKILL = "color"
 
 
 def _chat(q: str, a: str) -> list[dict[str, str]]:
@@ -92,11 +140,10 @@ def make_pool(n_per_skill: int, seed: int, skills: list[str] | None = None) -> l
     rng = random.Random(f"pool-{seed}")
     rows = []
     for skill in skills or SKILLS:
+        if skill not in POOL_SKILLS:
+            raise ValueError(f"unknown synthetic skill {skill!r}; choose from {SKILLS}")
         for i in range(n_per_skill):
-            if skill == "arithmetic":
-                _, q, a = _arith(rng)
-            else:
-                q, a = OTHER_SKILLS[skill](rng)
+            q, a = POOL_SKILLS[skill](rng)
             rows.append({"dataset": f"synth_{skill}", "id": f"{skill}_{i}", "skill": skill,
                          "messages": _chat(q, a)})
     rng.shuffle(rows)
@@ -104,33 +151,31 @@ def make_pool(n_per_skill: int, seed: int, skills: list[str] | None = None) -> l
 
 
 def make_target(n_per_subtask: int, seed: int) -> list[dict[str, Any]]:
-    """Few-shot arithmetic target (D_val), ordered by subtask."""
+    """Few-shot color target (D_val), ordered by subtask (the list's length)."""
     rng = random.Random(f"target-{seed}")
-    return [{"id": f"target_{sub}_{i}", "subtask": sub, "messages": _chat(*_arith(rng, sub)[1:])}
-            for sub in ARITH_OPS for i in range(n_per_subtask)]
+    rows = []
+    for sub, n in LIST_LENGTHS.items():
+        for i in range(n_per_subtask):
+            q, color, _ = _color(rng, n)
+            rows.append({"id": f"target_{sub}_{i}", "subtask": sub, "messages": _chat(q, f"Answer: {color}.")})
+    return rows
 
 
 def make_eval_mc(n: int, seed: int) -> list[dict[str, Any]]:
-    """Multiple-choice arithmetic test questions for the lm-eval task."""
+    """Held-out multiple-choice questions for the lm-eval task: templates the pool never uses, four
+    listed words, the choices being those four words in the pool's answer format."""
     rng = random.Random(f"eval-{seed}")
     rows = []
     for i in range(n):
-        sub, q, a = _arith(rng)
-        right = int(a.removeprefix("The answer is ").rstrip("."))
-        wrong = set()
-        while len(wrong) < 3:
-            w = right + rng.choice([-10, -2, -1, 1, 2, 10, 11])
-            if w != right:
-                wrong.add(w)
-        choices = [right, *sorted(wrong)]
-        rng.shuffle(choices)
-        rows.append({"id": f"eval_{i}", "subtask": sub, "prompt": f"<|user|>\n{q}\n<|assistant|>\n",
-                     "choices": [f"The answer is {c}." for c in choices], "label": choices.index(right)})
+        q, color, words = _color(rng, 4, EVAL_TEMPLATES)
+        rows.append({"id": f"eval_{i}", "subtask": "four_words", "prompt": f"<|user|>\n{q}\n<|assistant|>\n",
+                     "choices": [f"Answer: {w}." for w in words], "label": words.index(color)})
     return rows
 
 
 def pretraining_corpus(n_per_skill: int, seed: int) -> list[str]:
-    """Plain Tulu-formatted text for the tiny base model's short pretraining (not the pool itself)."""
+    """Plain Tulu-formatted text for the tiny base model's short pretraining (not the pool itself):
+    the ``PRETRAIN_SKILLS`` only, so the base model has never seen the target skill (or its near miss)."""
     from less.data.formats import tulu_text
 
-    return [tulu_text(ex) for ex in make_pool(n_per_skill, seed=10_000 + seed)]
+    return [tulu_text(ex) for ex in make_pool(n_per_skill, seed=10_000 + seed, skills=PRETRAIN_SKILLS)]

@@ -11,7 +11,7 @@
 """
 
 from less.stages.datastore import DATASTORE
-from less.stages.eval import EVAL
+from less.stages.eval import EVAL, EVAL_BASE
 from less.stages.features import POOL_FEATURES, TARGET_FEATURES
 from less.stages.model import MODEL, SELECTOR
 from less.stages.prepare import POOL, TARGET
@@ -22,4 +22,4 @@ from less.stages.train import TRAIN
 from less.stages.warmup import INIT_ADAPTER, WARMUP
 
 GRAPH = (SELECTOR, MODEL, TARGET, POOL, WARMUP, INIT_ADAPTER, POOL_FEATURES, TARGET_FEATURES, DATASTORE,
-         REPRESENTATIONS, SELECT, TRAIN, EVAL, TOKEN_COUNTS)
+         REPRESENTATIONS, SELECT, TRAIN, EVAL_BASE, EVAL, TOKEN_COUNTS)

@@ -1,12 +1,16 @@
 """The ``eval`` step: lm-eval on the trained target model (``eval.model: null``), the untrained
 ``model`` (``eval.model: base``) or any checkpoint (``eval.model=<path or hub id>``, optional
-``eval.adapter``); see less.evaluation and docs/evaluation.md."""
+``eval.adapter``); see less.evaluation and docs/evaluation.md. With ``eval.base: true`` a run that
+evaluates its trained model also evaluates the untrained one (``eval_base``: the same artifact as
+``eval.model=base``, so it is computed once per model and tasks), and reports both."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
+
+from omegaconf import DictConfig, open_dict
 
 from less.cache import to_plain, write_json_atomic
 from less.data.sources import data_spec, file_stamp
@@ -15,57 +19,86 @@ from less.models import local_files_stamp, model_spec
 from less.results import flatten_metrics
 from less.stages.model import source
 
-SYNTHETIC_TASK = "less_synthetic_arithmetic"  # its test data is written by the synthetic target
+SYNTHETIC_TASK = "less_synthetic_color"  # its test data is written by the synthetic target
 
 
-def build(ctx: Context, inputs: Inputs, out: Path) -> None:
-    from less.evaluation.run import evaluate
-
-    base = source(ctx, inputs, "model") if not ctx.cfg.eval.model or ctx.cfg.eval.model == "base" else None
-    metrics = evaluate(ctx.cfg, out, ctx.device, base, inputs["target"].dir if "target" in inputs else None,
-                       inputs["train"].dir if "train" in inputs else None)
-    write_json_atomic(out / "metrics.json", metrics)
-
-
-def inputs(ctx: Context) -> dict[str, str]:
-    e = ctx.cfg.eval
-    out = {}
-    if not e.model or e.model == "base":
-        out["model"] = "model"
-    if not e.model:
-        out["train"] = "train"
-    if SYNTHETIC_TASK in e.tasks:
-        out["target"] = "target"
-    return out
+def _cfg(ctx: Context, base: bool) -> DictConfig:
+    """The run's config as this evaluation sees it: ``eval.model: base`` for ``eval_base``."""
+    if not base:
+        return ctx.cfg
+    cfg = ctx.cfg.copy()
+    with open_dict(cfg):
+        cfg.eval.model = "base"
+    return cfg
 
 
-def config(ctx: Context) -> dict[str, Any]:
-    e = ctx.cfg.eval
-    spec = {"eval": to_plain(e), "data": data_spec(ctx.cfg.data), "device": ctx.device.type, "seed": ctx.cfg.seed,
-            "model": model_spec(ctx.cfg.model)}
-    if "tydiqa" in e.tasks and e.tydiqa.train_file:  # its size and mtime, as for the pool's files
-        spec["tydiqa_train_file"] = file_stamp(e.tydiqa.train_file)
-    if e.model and e.model != "base":  # a checkpoint of the user's: its files' identity
-        spec.update(external={"model": str(e.model), "model_files": local_files_stamp(e.model),
-                              "adapter_files": local_files_stamp(e.adapter)})
-    return spec
+def _build(base: bool):
+    def build(ctx: Context, inputs: Inputs, out: Path) -> None:
+        from less.evaluation.run import evaluate
+
+        cfg = _cfg(ctx, base)
+        src = source(ctx, inputs, "model") if not cfg.eval.model or cfg.eval.model == "base" else None
+        metrics = evaluate(cfg, out, ctx.device, src, inputs["target"].dir if "target" in inputs else None,
+                           inputs["train"].dir if "train" in inputs else None)
+        write_json_atomic(out / "metrics.json", metrics)
+    return build
 
 
-def report(ctx: Context, art) -> dict[str, Any]:
-    """eval.<task>.<metric>, eval.<task>.subtasks.<name>.<metric>, and strings such as
-    eval.tydiqa_shot_source (where the TyDiQA one-shot demos came from)."""
-    info = art.dir / "info.json"
-    return {"eval": {**json.loads((art.dir / "metrics.json").read_text()),
-                     **(json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {})}}
+def _inputs(base: bool):
+    def inputs(ctx: Context) -> dict[str, str]:
+        e = _cfg(ctx, base).eval
+        out = {}
+        if not e.model or e.model == "base":
+            out["model"] = "model"
+        if not e.model:
+            out["train"] = "train"
+        if SYNTHETIC_TASK in e.tasks:
+            out["target"] = "target"
+        return out
+    return inputs
 
 
-def track(ctx: Context, art, reported: dict[str, Any], tracker) -> None:
-    info = {f"eval/{k}": v for k, v in reported["eval"].items() if not isinstance(v, dict)}
-    flat = flatten_metrics({k: v for k, v in reported["eval"].items() if isinstance(v, dict)}, "eval")
-    tracker.summary({**flat, **info})  # once per run: summary only (no one-point line panels)
-    tracker.table("eval/metrics", ["task", "subtask", "metric", "value"], [
-        [k.split("/")[1], k.split("/")[3] if "/subtasks/" in k else "", k.rsplit("/", 1)[1], v] for k, v in flat.items()])
+def _config(base: bool):
+    def config(ctx: Context) -> dict[str, Any]:
+        e = _cfg(ctx, base).eval
+        # `base` (whether to evaluate the base model too) is not part of what an evaluation is
+        spec = {"eval": {k: v for k, v in to_plain(e).items() if k != "base"}, "data": data_spec(ctx.cfg.data),
+                "device": ctx.device.type, "seed": ctx.cfg.seed, "model": model_spec(ctx.cfg.model)}
+        if "tydiqa" in e.tasks and e.tydiqa.train_file:  # its size and mtime, as for the pool's files
+            spec["tydiqa_train_file"] = file_stamp(e.tydiqa.train_file)
+        if e.model and e.model != "base":  # a checkpoint of the user's: its files' identity
+            spec.update(external={"model": str(e.model), "model_files": local_files_stamp(e.model),
+                                  "adapter_files": local_files_stamp(e.adapter)})
+        return spec
+    return config
 
 
-EVAL = Stage("eval", step="eval", build=build, inputs=inputs, config=config, report=report, track=track,
-             wandb_type="evaluation", wandb_files=("metrics.json", "info.json", "samples"))
+def _report(key: str):
+    def report(ctx: Context, art) -> dict[str, Any]:
+        """<key>.<task>.<metric>, <key>.<task>.subtasks.<name>.<metric>, and strings such as
+        <key>.tydiqa_shot_source (where the TyDiQA one-shot demos came from); key: eval or eval_base."""
+        info = art.dir / "info.json"
+        return {key: {**json.loads((art.dir / "metrics.json").read_text()),
+                      **(json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {})}}
+    return report
+
+
+def _track(key: str):
+    def track(ctx: Context, art, reported: dict[str, Any], tracker) -> None:
+        info = {f"{key}/{k}": v for k, v in reported[key].items() if not isinstance(v, dict)}
+        flat = flatten_metrics({k: v for k, v in reported[key].items() if isinstance(v, dict)}, key)
+        tracker.summary({**flat, **info})  # once per run: summary only (no one-point line panels)
+        tracker.table(f"{key}/metrics", ["task", "subtask", "metric", "value"], [
+            [k.split("/")[1], k.split("/")[3] if "/subtasks/" in k else "", k.rsplit("/", 1)[1], v]
+            for k, v in flat.items()])
+    return track
+
+
+def _stage(name: str, base: bool, applies=None) -> Stage:
+    return Stage(name, kind="eval", step="eval", build=_build(base), inputs=_inputs(base), config=_config(base),
+                 report=_report(name), track=_track(name), wandb_type="evaluation",
+                 wandb_files=("metrics.json", "info.json", "samples"), **({"applies": applies} if applies else {}))
+
+
+EVAL = _stage("eval", base=False)
+EVAL_BASE = _stage("eval_base", base=True, applies=lambda ctx: not ctx.cfg.eval.model and bool(ctx.cfg.eval.get("base")))
