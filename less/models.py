@@ -134,15 +134,15 @@ def _pretrain(model, tok, corpus: list[str], t: DictConfig) -> None:
 def model_source(model_cfg: DictConfig, built: Path | None = None) -> str:
     """Where ``from_pretrained`` loads a model from: the tiny model's artifact directory (``built``,
     made by the model stage), else ``model.path`` (a local directory or a hub id)."""
-    if model_cfg.kind == "tiny":
+    if model_cfg.kind in ("tiny", "small"):
         if built is None:
-            raise RuntimeError(f"the tiny model {model_cfg.get('name')!r} is used before it was built")
+            raise RuntimeError(f"the {model_cfg.kind} model {model_cfg.get('name')!r} is used before it was built")
         return str(built)
     if model_cfg.kind == "hf":
         if not model_cfg.get("path"):
             raise ConfigError(f"model.path is empty for model {model_cfg.get('name')!r}")
         return str(model_cfg.path)
-    raise ConfigError(f"model.kind must be 'tiny' or 'hf', got {model_cfg.kind!r}")
+    raise ConfigError(f"model.kind must be 'tiny', 'small' or 'hf', got {model_cfg.kind!r}")
 
 
 def load_tokenizer(model_cfg: DictConfig, source: str):

@@ -120,7 +120,7 @@ def summary(r: dict[str, Any], path: Path) -> str:
         state = "cached" if s["cached"] else "computed"
         if s.get("complete") is False:
             state += f", incomplete: {s['missing_chunks']} chunks left to other shards"
-        label = f"{name} (tiny)" if name in ("model", "selector") else name  # a tiny model built here
+        label = f"{name} ({s.get('built', 'tiny')})" if name in ("model", "selector") else name  # a model built here
         lines.append(f"stage {label:<15} {s['seconds']:8.1f}s  {state}")
     w = r.get("wandb", {})
     if w.get("skipped"):

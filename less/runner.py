@@ -362,7 +362,8 @@ class Runner:
             **self.rows_computed.get(name, {})}
         if s.step is None:  # a step-less input: a tiny model gets its own line when this run built it
             if art is not None and not art.cached and s.cache_kind == "model":
-                self.results["stages"][name] = {"seconds": round(seconds, 3), "cached": False}
+                kind = (self.ctx.selector if name == "selector" else self.cfg.model).kind
+                self.results["stages"][name] = {"seconds": round(seconds, 3), "cached": False, "built": kind}
             return
         if s.step not in self.cfg.stages:  # an input taken from the cache: listed under artifacts only
             return
@@ -576,7 +577,7 @@ class Runner:
 
         out = {}
         for role, m in (("selector", self.ctx.selector), ("model", self.cfg.model)):
-            built = self.lookup(role) if m.kind == "tiny" else None
+            built = self.lookup(role) if m.kind in ("tiny", "small") else None
             out[role] = None if built is not None and not built.cached else param_count(
                 model_source(m, built.dir if built else None), bool(m.trust_remote_code))
         return out

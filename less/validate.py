@@ -134,6 +134,12 @@ def validate(cfg: DictConfig) -> None:
     if "eval" in cfg.stages and "less_synthetic_color" in cfg.eval.tasks:
         _check(cfg.target.kind == "synthetic", "eval.tasks: less_synthetic_color needs target=synthetic "
                f"(got target={cfg.target.name}); set eval.tasks or leave eval out of stages")
+    for role in ("model", "selector"):
+        m = cfg.get(role)
+        if m is not None and m.kind == "small":
+            from less.small_model import require_root
+
+            require_root(cfg.data)
     _check(cfg.chat_format in ("tulu", "tokenizer"), f"chat_format must be tulu or tokenizer, got {cfg.chat_format!r}")
     _check(cfg.logger.name in ("wandb", "none"), f"logger.name must be wandb or none, got {cfg.logger.name!r}")
     if cfg.logger.name == "wandb":

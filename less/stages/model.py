@@ -1,4 +1,5 @@
-"""The tiny models built here (``model.kind: tiny``): the selector M_S and the target model M_T.
+"""The models built here (``model.kind: tiny``, or ``small``: pretrained on the pools under
+``data.root``, less.small_model): the selector M_S and the target model M_T.
 Hub or local checkpoints (``kind: hf``) are not artifacts; their identity (path and, for a local
 directory, its files' sizes and mtimes) enters the keys of the stages that use them."""
 
@@ -9,20 +10,34 @@ from typing import Callable
 
 from omegaconf import DictConfig
 
+from less.data.sources import data_spec
 from less.graph import Context, Inputs, Stage
 from less.models import build_tiny, model_source, model_spec
 
 
-def _tiny(name: str, pick: Callable[[Context], DictConfig]) -> Stage:
+BUILT_KINDS = ("tiny", "small")
+
+
+def _built(name: str, pick: Callable[[Context], DictConfig]) -> Stage:
     def build(ctx: Context, inputs: Inputs, out: Path) -> None:
-        build_tiny(pick(ctx), out)
+        cfg = pick(ctx)
+        if cfg.kind == "small":
+            from less.small_model import build_small
 
-    return Stage(name, kind="model", config=lambda ctx: model_spec(pick(ctx)),
-                 applies=lambda ctx: pick(ctx).kind == "tiny", build=build)
+            # resumable: its tokenizer and training state live beside the artifact until it is built
+            build_small(cfg, ctx.cfg.data, out, out.with_name(".work-" + out.name.removeprefix(".tmp-")))
+        else:
+            build_tiny(cfg, out)
+
+    def config(ctx: Context) -> dict:
+        cfg = pick(ctx)
+        return {**model_spec(cfg), **({"data": data_spec(ctx.cfg.data)} if cfg.kind == "small" else {})}
+
+    return Stage(name, kind="model", config=config, applies=lambda ctx: pick(ctx).kind in BUILT_KINDS, build=build)
 
 
-SELECTOR = _tiny("selector", lambda ctx: ctx.selector)
-MODEL = _tiny("model", lambda ctx: ctx.cfg.model)
+SELECTOR = _built("selector", lambda ctx: ctx.selector)
+MODEL = _built("model", lambda ctx: ctx.cfg.model)
 
 
 def source(ctx: Context, inputs: Inputs, role: str) -> str:
