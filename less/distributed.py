@@ -31,12 +31,9 @@ T = TypeVar("T")
 _group = None  # the gloo group used for our own waits (None: one process, or not started)
 
 
-def _env_int(*names: str, default: int) -> int:
-    for n in names:
-        v = os.environ.get(n)
-        if v not in (None, ""):
-            return int(v)
-    return default
+def _env_int(name: str, default: int) -> int:
+    v = os.environ.get(name)
+    return int(v) if v else default
 
 
 def world() -> int:
@@ -143,6 +140,3 @@ def close() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
 
-
-def info() -> dict[str, Any]:
-    return {"world_size": world(), "rank": rank(), "local_rank": local_rank()}

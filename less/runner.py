@@ -479,8 +479,7 @@ class Runner:
         """Under torchrun/accelerate/SLURM tasks: join the job's process group (less.distributed)."""
         if distributed.world() <= 1:
             return
-        d = self.cfg.get("distributed") or {}
-        distributed.start(float(d.get("timeout_minutes", 360)), cuda=self.ctx.device.type == "cuda")
+        distributed.start(float(self.cfg.distributed.timeout_minutes), cuda=self.ctx.device.type == "cuda")
         self.together = True
         if not distributed.is_main():  # rank 0 tells the story; the others say only what goes wrong
             logging.getLogger().setLevel(logging.WARNING)

@@ -14,7 +14,6 @@ the stage's own step axis). The progress bar is labelled with the stage.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +22,7 @@ from omegaconf import DictConfig
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
+from less import distributed
 from less.cache import write_json_atomic
 from less.checkpoints import CHECKPOINT_META
 from less.data.formats import IGNORE_INDEX, Encoded
@@ -132,15 +132,9 @@ def collator(tokenizer):
                                   return_tensors="pt")
 
 
-def world_size() -> int:
-    from less import distributed
-
-    return distributed.world()
-
-
 def accumulation_steps(cfg: DictConfig) -> int:
     """Steps per update so that per-device batch x steps x processes = the effective batch size."""
-    world = world_size()
+    world = distributed.world()
     per_update = cfg.per_device_batch_size * world
     if cfg.batch_size % per_update:
         raise ConfigError(f"batch_size {cfg.batch_size} is not a multiple of per_device_batch_size "
@@ -204,7 +198,7 @@ def fit(model, tokenizer, enc: Encoded, cfg: DictConfig, out_dir: Path, seed: in
         # several processes: accelerate pads the epoch's last micro-batches with examples from its start
         # unless they split evenly over the ranks; then none, and each update sees the same examples
         # (same weights) as in one process
-        accelerator_config={"even_batches": -(-len(enc) // cfg.per_device_batch_size) % world_size() != 0},
+        accelerator_config={"even_batches": -(-len(enc) // cfg.per_device_batch_size) % distributed.world() != 0},
         **sharding(cfg),
     )
     trainer = TRAINERS[cfg.loss](model=model, args=args, train_dataset=EncodedDataset(enc),

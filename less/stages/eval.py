@@ -14,7 +14,7 @@ from omegaconf import DictConfig, open_dict
 
 from less.cache import to_plain, write_json_atomic
 from less.data.sources import data_spec, file_stamp
-from less.graph import Context, Inputs, Stage
+from less.graph import Context, Inputs, Stage, always
 from less.models import local_files_stamp, model_spec
 from less.results import flatten_metrics
 from less.stages.model import source
@@ -94,10 +94,10 @@ def _track(key: str):
     return track
 
 
-def _stage(name: str, base: bool, applies=None) -> Stage:
+def _stage(name: str, base: bool, applies=always) -> Stage:
     return Stage(name, kind="eval", step="eval", build=_build(base), inputs=_inputs(base), config=_config(base),
-                 report=_report(name), track=_track(name), wandb_type="evaluation",
-                 wandb_files=("metrics.json", "info.json", "samples"), **({"applies": applies} if applies else {}))
+                 report=_report(name), track=_track(name), applies=applies, wandb_type="evaluation",
+                 wandb_files=("metrics.json", "info.json", "samples"))
 
 
 EVAL = _stage("eval", base=False)
