@@ -56,9 +56,13 @@ def test_torchrun_on_two_processes_selects_as_one_process(shared_cache, tiny_mod
     for name in ("warmup", "pool_features", "target_features", "datastore", "select"):
         assert two["artifacts"][name]["key"] == one["artifacts"][name]["key"], name
     ids = lambda d: [json.loads(x)["id"] for x in open(d / "selected.jsonl")]  # noqa: E731
-    assert set(ids(run_dir)) == set(ids(tmp_path / "one"))
     a, b = scores(tmp_path / "one"), scores(run_dir)
     assert a.keys() == b.keys() and max(abs(a[i] - b[i]) for i in a) <= SCORE_TOL
+    # the same top 5%, but for near ties at its boundary (scores within 2 x SCORE_TOL of the cut):
+    # the two runs differ by float rounding, which the thread count of each also changes
+    top = ids(tmp_path / "one")
+    cut = a[top[-1]]
+    assert all(abs(a[i] - cut) <= 2 * SCORE_TOL for i in set(top) ^ set(ids(run_dir)))
     assert two["warmup"]["steps"] == one["warmup"]["steps"]
     assert "rank 1" not in proc.stdout  # rank 0 tells the story
 
