@@ -20,8 +20,15 @@ def test_every_experiment_composes(name):
     if name.endswith("_tiny"):
         assert cfg.model.kind == "tiny" and cfg.target.kind == "synthetic"
         assert name.removesuffix("_tiny") in EXPERIMENTS  # every full experiment has a CPU twin and back
+    elif name.endswith("_small"):  # the real-data CPU twin: small model, the paper's pool and target
+        assert cfg.model.kind == (cfg.get("selector") or cfg.model).kind == "small" and cfg.pool.name == "less_mix"
+        assert cfg.target.kind == "mmlu" and cfg.eval.tasks == ["mmlu"] and cfg.eval.base
+        base = name.removesuffix("_small")
+        assert base in EXPERIMENTS and f"{base}_tiny" in EXPERIMENTS
+        tiny = compose([f"experiment={base}_tiny"]).hydra.sweeper.params
+        assert set(params) == set(tiny)  # the same axes as the tiny twin
     else:
-        assert cfg.model.kind == "hf" and f"{name}_tiny" in EXPERIMENTS
+        assert cfg.model.kind == "hf" and f"{name}_tiny" in EXPERIMENTS and f"{name}_small" in EXPERIMENTS
         assert cfg.eval.tasks == [cfg.target.name] and cfg.warmup.lora.r == 128
 
 

@@ -75,3 +75,16 @@ def test_a_killed_build_resumes_to_the_same_model(tmp_path, monkeypatch):
 
     tok = AutoTokenizer.from_pretrained(tmp_path / "whole")
     assert tok.convert_ids_to_tokens(tok("héllo\n")["input_ids"])[0] == "<s>"  # Llama-style, byte fallback
+
+
+def test_build_command_help_and_bad_overrides(capsys):
+    """``python -m less.small_model``: usage on --help; a bad override or no data.root is one
+    ``error:`` line and exit code 2, before anything is built."""
+    from less.small_model import main
+
+    assert main(["--help"]) == 0 and "data.root=<dir>" in capsys.readouterr().out
+    for args, why in ([f"data.root={DATA}", "model.small.nope=1"], "Could not override 'model.small.nope'"), \
+                     (["data.root=["], "no viable alternative"), (["data.root=null"], "data.root, which is unset"):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and why in err[0], err
