@@ -131,10 +131,13 @@ def _pretrain(model, tok, corpus: list[str], t: DictConfig) -> None:
     model.eval()
 
 
+BUILT_KINDS = ("tiny", "small")  # models built here as artifacts (the model stage); "hf" is loaded
+
+
 def model_source(model_cfg: DictConfig, built: Path | None = None) -> str:
     """Where ``from_pretrained`` loads a model from: the tiny model's artifact directory (``built``,
     made by the model stage), else ``model.path`` (a local directory or a hub id)."""
-    if model_cfg.kind in ("tiny", "small"):
+    if model_cfg.kind in BUILT_KINDS:
         if built is None:
             raise RuntimeError(f"the {model_cfg.kind} model {model_cfg.get('name')!r} is used before it was built")
         return str(built)

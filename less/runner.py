@@ -572,11 +572,11 @@ class Runner:
             self.tracker.summary({"warnings": warnings})
 
     def _params(self) -> dict[str, int | None]:
-        from less.models import model_source, param_count
+        from less.models import BUILT_KINDS, model_source, param_count
 
         out = {}
         for role, m in (("selector", self.ctx.selector), ("model", self.cfg.model)):
-            built = self.lookup(role) if m.kind in ("tiny", "small") else None
+            built = self.lookup(role) if m.kind in BUILT_KINDS else None
             out[role] = None if built is not None and not built.cached else param_count(
                 model_source(m, built.dir if built else None), bool(m.trust_remote_code))
         return out

@@ -12,10 +12,7 @@ from omegaconf import DictConfig
 
 from less.data.sources import data_spec
 from less.graph import Context, Inputs, Stage
-from less.models import build_tiny, model_source, model_spec
-
-
-BUILT_KINDS = ("tiny", "small")
+from less.models import BUILT_KINDS, build_tiny, model_source, model_spec
 
 
 def _built(name: str, pick: Callable[[Context], DictConfig]) -> Stage:
