@@ -68,7 +68,7 @@ def child(spec: str, argv: list[str]) -> None:
         if where == stage and counts[stage] == int(arg):
             os.kill(os.getpid(), signal.SIGKILL)
 
-    make = runner.Runner._make
+    make = runner.Runner.make
 
     def tracked_make(self, name, inputs):
         current.append(name)
@@ -77,7 +77,7 @@ def child(spec: str, argv: list[str]) -> None:
         finally:
             if current.pop() == where:  # fewer events than counted (resumed features): kill at its end
                 os.kill(os.getpid(), signal.SIGKILL)
-    runner.Runner._make = tracked_make
+    runner.Runner.make = tracked_make
 
     real_open = builtins.open
 

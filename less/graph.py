@@ -3,11 +3,12 @@
 A :class:`Stage` is one cached artifact: its cache kind, the step of ``cfg.stages`` that builds it
 (``None``: built whenever a stage that runs needs it, e.g. the tiny model), its inputs (other
 stages, by role), the slice of config its key depends on, when it applies, how it is built and
-what it reports. A stage never computes keys, checks the cache or seeds random generators: the
-runner folds the inputs' keys into the key, builds the inputs first, and seeds python, numpy and
-torch before every build from the artifact kind and the run seed (when the stage's config holds
-it as ``seed``: a stage whose build draws random numbers must), so an artifact's bytes depend only
-on its key.
+what it contributes to the run's outcome (its report, summary lines, accounting, cost, the files
+it links into the run directory). A stage never computes keys, checks the cache or seeds random
+generators: the runner folds the inputs' keys into the key, builds the inputs first, and seeds
+python, numpy and torch before every build from the artifact kind and the run seed (when the
+stage's config holds it as ``seed``: a stage whose build draws random numbers must), so an
+artifact's bytes depend only on its key.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from omegaconf import DictConfig
 
 from less.cache import Artifact, Cache
+from less.results import Cost
 
 if TYPE_CHECKING:
     import torch
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 
 # The steps a user names in ``cfg.stages``, in pipeline order.
 STEPS = ("prepare", "warmup", "datastore", "select", "train", "eval")
+# The steps that use a selection: W&B names a job running one of them by its selection method.
+SELECTION_STEPS = STEPS[STEPS.index("select"):]
 
 Inputs = dict[str, Artifact]  # role -> the input's artifact
 
@@ -46,12 +50,17 @@ class Work(Protocol):
 
 
 class Context:
-    """What a stage's functions see: the config, the cache, the device and the output directory,
-    and ``artifact(name)``: where another stage's artifact is (built or not)."""
+    """What a stage's functions see: the config, the cache, the device and the output directory;
+    from the runner, ``artifact(name)``: where another stage's artifact is (built or not),
+    ``artifact_for(cfg, name)``: where it is under another config (keys only), ``got(name)``: what
+    this run got of it (None: nothing, or incomplete) and ``get(name)``: get it (built if needed)."""
 
-    def __init__(self, cfg: DictConfig, cache: Cache, out_dir: Path, artifact: Callable[[str], Artifact]):
+    def __init__(self, cfg: DictConfig, cache: Cache, out_dir: Path, artifact: Callable[[str], Artifact],
+                 artifact_for: Callable[[DictConfig, str], Artifact] | None = None,
+                 got: Callable[[str], Artifact | None] | None = None,
+                 get: Callable[[str], Artifact | None] | None = None):
         self.cfg, self.cache, self.out_dir = cfg, cache, out_dir
-        self.artifact = artifact
+        self.artifact, self.artifact_for, self.got, self.get = artifact, artifact_for, got, get
         self._device = None
         from less.tracking import NullTracker
 
@@ -90,6 +99,10 @@ def no_inputs(ctx: Context) -> dict[str, str]:
     return {}
 
 
+def no_fields(ctx: Context) -> dict[str, Any]:
+    return {}
+
+
 @dataclass(frozen=True)
 class Stage:
     """One node of the pipeline graph.
@@ -108,7 +121,19 @@ class Stage:
       runs ``work`` on its part, e.g. ``distributed.subshard``; rank 0 assembles).
     - ``wandb_type``: the W&B artifact type it is logged as (None: not logged), carrying its
       ``key.json``, the ``wandb_files`` (files or directories of the artifact, those present) and,
-      with ``logger.log_model=true``, the ``wandb_model`` ones.
+      with ``logger.log_model=true``, the ``wandb_model`` ones; ``wandb_id(ctx)``: what else tells
+      apart the W&B runs of jobs that run its step (merged into the run id's hash).
+    - ``summary(results)``: its lines of the printed run summary, read from results.json.
+    - ``links``: files of its artifact the run directory links to (those present).
+    - ``own_line(ctx)``: a stage without a step that this run built gets a line of its own under
+      results.json ``stages``, with these fields added (None: no line).
+    - ``accounting(ctx, art)``: its part of results.json ``accounting`` (tokens, epochs), from the
+      artifact this run got (None: none); called for every stage that declares it.
+    - ``params(ctx)``: the parameter count of the model it stands for (``accounting.params``), the N
+      of the costs that name it.
+    - ``cost(ctx, art)``: its compute (:class:`less.results.Cost`): from its artifact's records, or
+      (``art`` None) the plan's estimate before it is built.
+    - ``plan(ctx)``: its part of plan.json (e.g. an estimate the costs start from).
     """
 
     name: str
@@ -126,6 +151,14 @@ class Stage:
     wandb_type: str | None = None
     wandb_files: tuple[str, ...] = ()
     wandb_model: tuple[str, ...] = ()
+    wandb_id: Callable[[Context], dict[str, Any]] | None = None
+    summary: Callable[[dict[str, Any]], list[str]] | None = None
+    links: tuple[str, ...] = ()
+    own_line: Callable[[Context], dict[str, Any]] | None = no_fields
+    accounting: Callable[[Context, Artifact | None], dict[str, Any]] | None = None
+    params: Callable[[Context], int | None] | None = None
+    cost: Callable[[Context, Artifact | None], Cost] | None = None
+    plan: Callable[[Context], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if (self.build is None) == (self.work is None):

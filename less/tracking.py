@@ -13,9 +13,10 @@ chosen preset has none), so parallel-coordinate axes have no gaps.
 History holds only curves (``warmup/*`` and ``train/*`` against ``warmup/step`` and ``train/step``)
 and media (tables, histograms); scalars that happen once (eval metrics, selection statistics,
 accounting) go to the summary only. Artifacts carry metadata (key, config slice, inputs, report);
-the runner logs each artifact a job's steps make as an output and, online, each one it took from
+less.lineage logs each artifact a job's steps make as an output and, online, each one it took from
 an earlier job as an input (``use_artifact``; W&B refuses it offline, where the inputs are in the
-metadata). Offline mode never touches the network; a run is uploaded later with ``wandb sync <dir>``.
+metadata), and gives the job its run id, name and type. Offline mode never touches the network; a
+run is uploaded later with ``wandb sync <dir>``.
 
 W&B never ends a run: before ``wandb.init`` online the API key is looked up (W&B's own lookup:
 WANDB_API_KEY, netrc, settings; never a prompt) and the W&B host is probed with a short TCP
@@ -64,15 +65,6 @@ def run_name(overrides: list[str], default: str) -> str:
         if not any(key == x or key.startswith(x + ".") for x in NAME_EXCLUDED):
             kept.append(o.lstrip("+"))
     return ",".join(kept) or default
-
-
-def job_type(cfg: DictConfig) -> str:
-    """The selection method for a job that selects, trains or evaluates; else its stage set."""
-    if cfg.logger.get("job_type"):
-        return str(cfg.logger.job_type)
-    if {"select", "train", "eval"} & set(cfg.stages):
-        return str(cfg.selection.method)
-    return "+".join(cfg.stages)
 
 
 def _skeleton(node: Any) -> Any:

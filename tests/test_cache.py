@@ -133,7 +133,7 @@ def test_only_this_hosts_dead_jobs_work_dirs_are_removed(tmp_path):
     import subprocess
     import sys
 
-    from less.runner import process_tag, remove_stale_work
+    from less.cache import process_tag, remove_stale_work
 
     host = process_tag().rsplit("-", 1)[0]
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

@@ -80,7 +80,7 @@ def test_a_killed_build_resumes_to_the_same_model(tmp_path, monkeypatch):
 def test_build_command_help_and_bad_overrides(capsys):
     """``python -m less.small_model``: usage on --help; a bad override or no data.root is one
     ``error:`` line and exit code 2, before anything is built."""
-    from less.small_model import main
+    from less.small_model.__main__ import main
 
     assert main(["--help"]) == 0 and "data.root=<dir>" in capsys.readouterr().out
     for args, why in ([f"data.root={DATA}", "model.small.nope=1"], "Could not override 'model.small.nope'"), \

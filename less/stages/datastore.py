@@ -9,8 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from less.cache import write_json_atomic
+from less.cache import Artifact, write_json_atomic
 from less.graph import Context, Inputs, Stage
+from less.results import Cost
+from less.stages.token_counts import pool_tokens_estimate
 from less.stages.warmup import needs_gradients
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,27 @@ def report(ctx: Context, art) -> dict[str, Any]:
     return {"data": {split: {"dropped": m["dropped"], "truncated": m.get("truncated", 0)} for split, m in metas.items()}}
 
 
+def _features(art: Artifact) -> tuple[int | None, int]:
+    """(tokens, checkpoints) of the datastore's features."""
+    metas = list(features_meta(art.dir).values())
+    return (sum(m.get("n_tokens", 0) for m in metas) if metas else None), (len(metas[0]["checkpoints"]) if metas else 0)
+
+
+def accounting(ctx: Context, art: Artifact | None) -> dict[str, Any]:
+    tokens = _features(art)[0] if art is not None else None
+    return {"tokens": {"features": tokens}} if tokens is not None else {}
+
+
+def cost(ctx: Context, art: Artifact | None) -> Cost:
+    """4 N per token per checkpoint (forward + backward to the LoRA weights); before it is built,
+    on the pool's estimated tokens for the checkpoints the config names."""
+    if art is not None:
+        return Cost("selector", 4, *_features(art))
+    ds = ctx.cfg.datastore
+    n_ckpt = len(ds.checkpoints) if ds.checkpoints else (1 if not ds.use_warmup else ctx.cfg.warmup.epochs)
+    return Cost("selector", 4, pool_tokens_estimate(ctx), n_ckpt)
+
+
 def track(ctx: Context, art, reported: dict[str, Any], tracker) -> None:
     for split, rec in reported["data"].items():
         tracker.summary({f"data/{split}/dropped/{k}": v for k, v in rec["dropped"].items()})
@@ -64,4 +87,6 @@ def track(ctx: Context, art, reported: dict[str, Any], tracker) -> None:
 DATASTORE = Stage(
     "datastore", step="datastore", build=build, applies=needs_gradients, config=lambda ctx: {},
     inputs=lambda ctx: {"pool": "pool_features", "target": "target_features"}, report=report, track=track,
+    accounting=accounting, cost=cost, 
+    wandb_id=lambda ctx: {"shard": [ctx.cfg.datastore.shard, ctx.cfg.datastore.num_shards]},
     wandb_type="datastore", wandb_files=("manifest.json",))

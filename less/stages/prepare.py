@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from less.cache import write_json_atomic
 from less.data import sources
@@ -28,12 +29,29 @@ def build_target(ctx: Context, inputs: Inputs, out: Path) -> None:
                                             "by_subtask": sources.counts(target, "subtask")})
 
 
+def _dropped(d: dict[str, Any]) -> str:
+    return f"; dropped {d['dropped']}" if d.get("dropped") else ""
+
+
+def pool_summary(r: dict[str, Any]) -> list[str]:
+    d = r.get("data", {}).get("pool")
+    return [f"pool: {d['n']} examples from {len(d['by_source'])} sources{_dropped(d)}"] if d and "n" in d else []
+
+
+def target_summary(r: dict[str, Any]) -> list[str]:
+    d = r.get("data", {}).get("target")
+    if not d or "n" not in d:
+        return []
+    return [f"target: {d['name']}, {d['n']} examples in {len(d['by_subtask'])} subtasks{_dropped(d)}"]
+
+
 POOL = Stage(
-    "pool", step="prepare", build=build_pool, wandb_type="dataset", wandb_files=("pool.json",),
+    "pool", step="prepare", build=build_pool, wandb_type="dataset", wandb_files=("pool.json",), summary=pool_summary,
     config=lambda ctx: sources.pool_spec(ctx.cfg.pool, ctx.cfg.data),
     report=lambda ctx, art: {"data": {"pool": json.loads((art.dir / "pool.json").read_text())}})
 
 TARGET = Stage(
     "target", step="prepare", build=build_target, wandb_type="dataset", wandb_files=("target.json", "target.jsonl"),
+    summary=target_summary,
     config=lambda ctx: sources.target_spec(ctx.cfg.target, ctx.cfg.data),
     report=lambda ctx, art: {"data": {"target": json.loads((art.dir / "target.json").read_text())}})

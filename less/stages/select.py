@@ -2,7 +2,7 @@
 one global sort; the top ``selection.fraction`` of the whole pool (or ``selection.k``) is selected.
 Every method writes the same ranking, selection and report. A ``selection.k`` beyond the ranked
 pool selects all of it, with a warning (selection.json ``warnings``; the runner lists every
-stage's warnings in results.json and the summary)."""
+stage's warnings in results.json and the summary). The run directory links to the selection."""
 
 from __future__ import annotations
 
@@ -82,7 +82,6 @@ def jaccard_vs_less(ctx: Context, select_dir: Path) -> float | None:
     """Overlap of this selection with the default LESS selection of the same configuration (same
     fraction / k), if that one is in the cache."""
     from less.paths import conf_dir
-    from less.runner import Runner
 
     defaults = conf_dir() / "selection" / "less.yaml"
     if not defaults.is_file():
@@ -92,7 +91,7 @@ def jaccard_vs_less(ctx: Context, select_dir: Path) -> float | None:
     cfg: DictConfig = copy.deepcopy(ctx.cfg)
     with open_dict(cfg):
         cfg.selection = less
-    other = Runner(cfg, ctx.out_dir, check=False).lookup("select")
+    other = ctx.artifact_for(cfg, "select")
     if not other.cached:
         return None
     ids = lambda p: {json.loads(line)["id"] for line in open(p / "selected.jsonl")}  # noqa: E731
@@ -107,6 +106,21 @@ def report(ctx: Context, art) -> dict[str, Any]:
         stats["warnings"] = k_warnings(ctx.cfg.selection.k, stats["n_ranked"]) if stats["n_selected"] == stats["n_ranked"] else []
     return {"selection": {**stats, **skill_shares(ctx, d), "ranking": str(d / "ranking.csv"),
                           "selected": str(d / "selected.jsonl"), "jaccard_vs_less": jaccard_vs_less(ctx, d)}}
+
+
+def summary(r: dict[str, Any]) -> list[str]:
+    sel = r.get("selection")
+    if not sel:
+        return []
+    detail = f", dim {sel['proj_dim']}" if sel.get("proj_dim") else ""
+    lines = [f"selected: {sel['n_selected']} of {sel['n_ranked']} ({sel['method']}{detail})"]
+    if sel.get("jaccard_vs_less") is not None and sel["method"] != "less":
+        lines.append(f"overlap with the LESS selection (Jaccard): {sel['jaccard_vs_less']:.3f}")
+    if sel.get("target_share") is not None:
+        ratio = sel["target_share"] / sel["base_share"] if sel["base_share"] else float("nan")
+        lines.append(f"target skill '{sel['target_skill']}': {sel['target_share']:.1%} of the selection"
+                     f" vs {sel['base_share']:.1%} of the pool ({ratio:.1f}x)")
+    return lines
 
 
 def track(ctx: Context, art, reported: dict[str, Any], tracker) -> None:
@@ -137,6 +151,7 @@ def inputs(ctx: Context) -> dict[str, str]:
 
 
 SELECT = Stage(
-    "select", step="select", build=build, inputs=inputs, report=report, track=track,
+    "select", step="select", build=build, inputs=inputs, report=report, track=track, summary=summary,
+    links=("selected.jsonl", "ranking.csv"),
     wandb_type="selection", wandb_files=("selection.json", "selected.jsonl", "ranking.csv"),
     config=lambda ctx: {"selection": to_plain(ctx.cfg.selection), "seed": ctx.cfg.seed})

@@ -14,7 +14,7 @@ from less.errors import DataError
 from less.graph import Context, Inputs, Stage
 from less.models import load_model, load_tokenizer, lora_config, model_spec
 from less.stages.model import source
-from less.stages.warmup import track_curve, training_spec
+from less.stages.warmup import track_curve, training_accounting, training_cost, training_spec, training_summary
 
 
 def build(ctx: Context, inputs: Inputs, out: Path) -> None:
@@ -49,8 +49,16 @@ def report(ctx: Context, art) -> dict[str, Any]:
     return {"train": {k: t[k] for k in ("mode", "n_examples", "train_loss", "final_loss", "steps")}}
 
 
+def selected_share(ctx: Context) -> float:
+    """The share of the pool a selection keeps, as the plan assumes it (``selection.k``: 5%)."""
+    s = ctx.cfg.selection
+    return 1.0 if s.method == "full" else (s.get("fraction") or 0.05)
+
+
 TRAIN = Stage(
     "train", step="train", build=build, ranks="all", report=report, track=track_curve("train", "train.json"),
+    summary=training_summary("train"), accounting=training_accounting("train", "train.json"),
+    cost=training_cost("model", "train.json", lambda ctx: ctx.cfg.train, selected_share),
     wandb_type="model", wandb_files=("train.json",), wandb_model=("adapter", "model"),
     inputs=lambda ctx: {"selection": "select", "model": "model"},
     config=lambda ctx: {"model": model_spec(ctx.cfg.model), "chat_format": ctx.cfg.chat_format,

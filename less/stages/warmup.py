@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+from omegaconf import DictConfig
 
 from less import distributed
-from less.cache import to_plain, write_json_atomic
+from less.cache import Artifact, to_plain, write_json_atomic
 from less.checkpoints import CHECKPOINT_META
 from less.data.formats import encode_examples, read_examples, write_jsonl
 from less.errors import DataError
 from less.graph import Context, Inputs, Stage
 from less.models import load_model, load_tokenizer, lora_config, model_spec
+from less.results import Cost
 from less.stages.model import source
+from less.stages.token_counts import pool_tokens_estimate
 
 
 # How training is spread over devices, not what it computes (beyond float rounding, like the number
@@ -105,6 +108,47 @@ def _report(ctx: Context, art) -> dict[str, Any]:
                        "checkpoints": [{"epoch": c["epoch"], "avg_lr": c["avg_lr"]} for c in w["checkpoints"]]}}
 
 
+def _record(art: Artifact | None, record: str) -> dict[str, Any]:
+    path = art.dir / record if art is not None else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+
+def training_accounting(name: str, record: str):
+    """A training stage's ``accounting``: the tokens of its examples, trained (x epochs) and
+    repeated (x epochs - 1), and its epochs (None when the run did not get it)."""
+    def accounting(ctx: Context, art: Artifact | None) -> dict[str, Any]:
+        rec = _record(art, record)
+        n = rec.get("n_tokens")
+        tokens = {} if n is None else {f"{name}_examples": n, f"{name}_trained": n * rec["epochs"],
+                                       f"{name}_repeated": n * (rec["epochs"] - 1)}
+        return {"tokens": tokens, "epochs": {name: rec.get("epochs")}}
+    return accounting
+
+
+def training_cost(model: str, record: str, cfg: Callable[[Context], DictConfig], share: Callable[[Context], float]):
+    """A training stage's ``cost``: 6 N per token per epoch of ``model``; before it is built, on
+    ``share`` of the pool's estimated tokens for ``cfg(ctx).epochs``."""
+    def cost(ctx: Context, art: Artifact | None) -> Cost:
+        if art is None:
+            n = pool_tokens_estimate(ctx)
+            return Cost(model, 6, n and int(n * share(ctx)), cfg(ctx).epochs)
+        rec = _record(art, record)
+        return Cost(model, 6, rec.get("n_tokens"), rec.get("epochs") or 0)
+    return cost
+
+
+def training_summary(name: str):
+    """A training stage's summary line, from its report."""
+    def summary(r: dict[str, Any]) -> list[str]:
+        t = r.get(name)
+        if not t or t.get("train_loss") is None:
+            return []
+        final = f", final logged loss {t['final_loss']:.4f}" if t.get("final_loss") is not None else ""
+        return [f"{name}: {t.get('n_examples')} examples, {t.get('steps')} steps, "
+                f"mean train loss {t['train_loss']:.4f}{final}"]
+    return summary
+
+
 def track_curve(prefix: str, record: str):
     """A stage's ``track``: its training curve to W&B (``<prefix>/loss`` ... against
     ``<prefix>/step``) when the artifact came from the cache; a build in this run sent it live."""
@@ -117,6 +161,8 @@ def track_curve(prefix: str, record: str):
 
 WARMUP = Stage(
     "warmup", step="warmup", build=build_warmup, ranks="all", report=_report, track=track_curve("warmup", "warmup.json"),
+    summary=training_summary("warmup"), accounting=training_accounting("warmup", "warmup.json"),
+    cost=training_cost("selector", "warmup.json", lambda ctx: ctx.cfg.warmup, lambda ctx: ctx.cfg.warmup.fraction),
     wandb_type="checkpoints", wandb_files=("warmup.json",),
     inputs=lambda ctx: {"pool": "pool", "selector": "selector"},
     config=lambda ctx: {"selector": model_spec(ctx.selector), "chat_format": ctx.cfg.chat_format,

@@ -136,42 +136,8 @@ def build_small(model_cfg: DictConfig, data_cfg: DictConfig, out: Path, work: Pa
               "tokens_seen": s.steps * s.batch_size * s.seq_len, "train_tokens": data.numel(),
               "held_out_tokens": held.numel(), "held_out_loss": held_loss, "held_out_perplexity": math.exp(held_loss),
               "final_train_loss": loss.item() if loss is not None else None,
-              "sources": {"root": str(root), "per_source": s.per_source, "held_out": s.held_out}}
+              "sources": {"per_source": s.per_source, "held_out": s.held_out}}
     (out / "pretrain.json").write_text(json.dumps(report, indent=2) + "\n")
     log.info("small model: %.1fM parameters, %d tokens seen, held-out loss %.3f (perplexity %.1f), %.0f s",
              report["params"] / 1e6, report["tokens_seen"], held_loss, report["held_out_perplexity"], time.time() - t0)
     shutil.rmtree(work, ignore_errors=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m less.small_model [overrides]``: build (or find) ``model=small`` for these overrides
-    (``data.root=...``, ``model.small.steps=...``) in the cache and print its ``pretrain.json``."""
-    import sys
-    from pathlib import Path
-
-    from less.api import compose
-    from less.errors import LessError
-    from less.runner import Runner
-
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if {"-h", "--help"} & set(args):
-        print("usage: python -m less.small_model data.root=<dir> [model.small.<key>=<value> ...] [cache_dir=<dir>]\n"
-              "Builds model=small (conf/model/small.yaml) into the cache ($LESS_CACHE_DIR or ./cache), resuming a\n"
-              "killed build, and prints its pretrain.json.")
-        return 0
-    try:
-        cfg = compose(["model=small", "logger=none", *args])
-        art = Runner(cfg, Path(cfg.cache_dir) / "_builds").get("model")
-    except (LessError, HydraException, OmegaConfBaseException) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
-    print((art.dir / "pretrain.json").read_text().rstrip())
-    print(f"model: {art.dir}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
