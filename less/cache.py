@@ -11,7 +11,12 @@ that key, and by ``remove_stale_tmp`` (a run opening the cache) as soon as its l
 ``remove`` deletes an artifact under the same lock (renamed to ``.tmp-<key>`` first, so a lookup
 never sees it half-removed).
 
-``python -m less.cache list|show|clean|gc`` inspects and prunes a cache (less.cache_cli).
+Read-only roots (``cache_readonly``, then ``$LESS_CACHE_READONLY``, ``:``-separated), in order
+after the writable root: an artifact found in one (a lab's shared datastore, a base model) is used
+in place and never written, locked, re-keyed or garbage-collected; everything built goes to the
+writable root.
+
+``python -m less.cache_cli list|show|clean|gc|rekey`` inspects and prunes a cache (less.cache_cli).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from less import identity
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +134,7 @@ def _tree_bytes(root: Path) -> int:
 
 def dead_work(kind_dir: Path, key: str, host: str) -> list[Path]:
     """``host``'s per-process work entries of ``key`` in ``kind_dir`` (``.work-<key>-<host>-<pid>``
-    and its ``.lock``) whose process is gone: what ``less.runner.remove_stale_work`` removes. Other
+    and its ``.lock``) whose process is gone: what ``remove_stale_work`` removes. Other
     hosts' entries are never listed (their processes cannot be checked from here)."""
     dead = []
     for d in sorted(Path(kind_dir).glob(f".work-{key}-{host}-*")):
@@ -143,9 +150,23 @@ def dead_work(kind_dir: Path, key: str, host: str) -> list[Path]:
     return dead
 
 
+READONLY_ENV = "LESS_CACHE_READONLY"
+
+
+def readonly_roots(configured: Any = None) -> list[Path]:
+    """The read-only roots, in lookup order: ``configured`` (a list, or one path), then the
+    ``:``-separated ``$LESS_CACHE_READONLY``."""
+    if isinstance(configured, (str, Path)):
+        configured = [configured]
+    listed = [str(p) for p in (configured or [])] + [p for p in os.environ.get(READONLY_ENV, "").split(os.pathsep) if p]
+    return list(dict.fromkeys(Path(p).expanduser().resolve() for p in listed))
+
+
 class Cache:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, readonly: Any = None):
         self.root = Path(root).expanduser().resolve()
+        self.readonly = [r for r in readonly_roots(readonly) if r != self.root]
+        identity.use_index(self.root / identity.INDEX_DIR)  # file digests memoised beside the cache
 
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
@@ -162,10 +183,38 @@ class Cache:
         os.close(fd)
         os.unlink(probe)
 
+    def found(self, kind: str, key: str) -> Path | None:
+        """Where ``kind/key`` is built: in the writable root, else the first read-only root that
+        has it; None when none does."""
+        for root in (self.root, *self.readonly):
+            if (root / kind / key).is_dir():
+                return root / kind / key
+        return None
+
     def lookup(self, kind: str, spec: dict[str, Any]) -> Artifact:
         key = cache_key(kind, spec)
-        d = self.path(kind, key)
-        return Artifact(kind, key, d, d.is_dir())
+        d = self.found(kind, key)
+        return Artifact(kind, key, d or self.path(kind, key), d is not None)
+
+    def path_keyed(self) -> int:
+        """How many artifacts of the writable root have keys that name data by path (built before
+        content keys: ``python -m less.cache_cli rekey`` moves them). Once none is found, a marker
+        file (``.content-keys``) saves the scan on later runs."""
+        marker = self.root / ".content-keys"
+        if marker.exists():
+            return 0
+        n = 0
+        for f in self.root.glob(f"*/*/{KEY_FILE}"):
+            try:
+                n += identity.path_named(json.loads(f.read_text()).get("spec", {}).get("config"))
+            except (OSError, ValueError, AttributeError):
+                continue
+        if n == 0:
+            try:
+                marker.touch()
+            except OSError:
+                pass
+        return n
 
     def lock_path(self, kind: str, key: str) -> Path:
         """The per-key lock a build holds from start to rename (and ``remove`` while deleting)."""
@@ -232,9 +281,10 @@ class Cache:
         """Return the artifact for ``spec``, building it with ``build(tmp_dir)`` if missing."""
         key = cache_key(kind, spec)
         final = self.path(kind, key)
-        if final.is_dir():
-            log.info("cache hit: %s/%s", kind, key)
-            return Artifact(kind, key, final, True)
+        there = self.found(kind, key)
+        if there is not None:
+            log.info("cache hit: %s/%s%s", kind, key, "" if there == final else f" (read-only, {there.parent.parent})")
+            return Artifact(kind, key, there, True)
         with _file_lock(self.lock_path(kind, key)):
             if final.is_dir():  # another job built it while we waited
                 log.info("cache hit: %s/%s (built by another job)", kind, key)
@@ -257,7 +307,23 @@ class Cache:
         return Artifact(kind, key, final, False)
 
 
-if __name__ == "__main__":  # python -m less.cache ...
-    from less.cache_cli import main
+def process_tag() -> str:
+    """``<host>-<pid>``: names per-process work directories (on a shared filesystem too)."""
+    import socket
 
-    raise SystemExit(main())
+    return f"{socket.gethostname().replace('-', '_')}-{os.getpid()}"
+
+
+def remove_stale_work(root: Path, key: str) -> None:
+    """Remove this host's per-process work directories of ``key`` whose process is gone (killed
+    jobs); other hosts' are left alone (their processes cannot be checked from here)."""
+    for d in dead_work(root, key, process_tag().rsplit("-", 1)[0]):
+        log.warning("removing %s, left by a job that is gone", d)
+        if d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+        else:
+            d.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":  # the cache knows no CLI: point at it
+    raise SystemExit("the cache's command line is python -m less.cache_cli (see --help there)")

@@ -1,9 +1,9 @@
-"""``python -m less.cache``: look into the artifact cache and prune it.
+"""``python -m less.cache_cli``: look into the artifact cache and prune it.
 
-    python -m less.cache list [--kind K] [--json]
-    python -m less.cache show KEY                      (a unique prefix, or kind/prefix)
-    python -m less.cache clean [--kind K] [--older-than 7d] [--yes]
-    python -m less.cache gc [--runs DIR ...] [--yes]
+    python -m less.cache_cli list [--kind K] [--json]
+    python -m less.cache_cli show KEY                      (a unique prefix, or kind/prefix)
+    python -m less.cache_cli clean [--kind K] [--older-than 7d] [--yes]
+    python -m less.cache_cli gc [--runs DIR ...] [--yes]
 
 The cache is ``--cache-dir``, else ``$LESS_CACHE_DIR``, else ``./cache`` (the default of
 ``cache_dir`` in conf/config.yaml). Artifacts are the directories ``<cache>/<kind>/<key>/`` with a
@@ -16,7 +16,7 @@ removed under its key's lock (``Cache.remove``): one whose lock another process 
 that key), or that a build under way takes as an input, is skipped with a note. ``gc`` keeps every
 artifact a run's ``results.json`` names (``artifacts.<stage>`` and ``stages.<step>``) and,
 transitively, their inputs; it removes the rest, temporary builds left by killed jobs
-(``Cache.stale_tmp``), this host's dead jobs' per-process work (``less.runner.remove_stale_work``)
+(``Cache.stale_tmp``), this host's dead jobs' per-process work (``less.cache.remove_stale_work``)
 and resumable work whose artifact was finished. Partial resumable work is kept (a rerun resumes it).
 """
 
@@ -309,7 +309,7 @@ def _remove_shared_work(work: Path) -> None:
 def _gc_leftovers(view: CacheView, yes: bool, out: list[str]) -> tuple[int, int, bool]:
     """Temporary builds whose lock is free, this host's dead jobs' work, and resumable work whose
     artifact is finished. Returns (count, bytes, all went well)."""
-    from less.runner import process_tag, remove_stale_work
+    from less.cache import process_tag, remove_stale_work
 
     host = process_tag().rsplit("-", 1)[0]
     items: list[tuple[Path, int, str]] = []  # (path, bytes, why it goes)
@@ -333,13 +333,13 @@ def _gc_leftovers(view: CacheView, yes: bool, out: list[str]) -> tuple[int, int,
             dead = dead_work(kind_dir, key, host)
             sizes = {d: _tree_bytes(d) if d.is_dir() else 0 for d in dead}
             if yes and dead:
-                runner_log = logging.getLogger("less.runner")
-                level = runner_log.level
-                runner_log.setLevel(logging.ERROR)  # its "removing ..." lines: listed here instead
+                cache_log = logging.getLogger("less.cache")
+                level = cache_log.level
+                cache_log.setLevel(logging.ERROR)  # its "removing ..." lines: listed here instead
                 try:
                     remove_stale_work(kind_dir, key)
                 finally:
-                    runner_log.setLevel(level)
+                    cache_log.setLevel(level)
             for d in dead:
                 if yes and (d.exists() or d.is_symlink()):
                     notes.append(f"warning: cannot remove {rel(d)}")
@@ -423,7 +423,7 @@ def cmd_list(view: CacheView, args) -> list[str]:
     if left and not args.kind:
         size, n = sum(_tree_bytes(p) for p in left), len(left)
         out.append(f"plus {n} temporary or work director{'ies' if n != 1 else 'y'} ({human_size(size)}): "
-                   "see python -m less.cache gc")
+                   "see python -m less.cache_cli gc")
     return out
 
 
@@ -507,11 +507,33 @@ def cmd_gc(view: CacheView, args) -> tuple[list[str], bool]:
     return out, ok_a and ok_l
 
 
+def cmd_rekey(view: CacheView, args) -> tuple[list[str], bool]:
+    """Move artifacts built before content keys to their content keys (less.rekey)."""
+    from less.rekey import apply, plan
+
+    paths = []
+    for p in args.path or []:
+        old, sep, new = p.partition("=")
+        if not sep or not old or not new:
+            raise UsageError(f"--path {p}: expected OLD=NEW (what lay under OLD now lies under NEW)")
+        paths.append((old, new))
+    moves = plan(view.cache, paths)
+    if not moves:
+        return ["nothing to re-key: every artifact's key names its data by content"], True
+    if args.yes:
+        out = apply(view.cache, moves)
+        return out, all(line.endswith(": moved") for line in out)
+    out = [f"{m.kind}/{m.old} -> {m.new}: would move" if m.new else f"{m.kind}/{m.old}: left in place: {m.why}"
+           for m in moves]
+    n = sum(m.new is not None for m in moves)
+    return out + [f"dry run: nothing moved; add --yes to move {n} artifact{'s' * (n != 1)}"], True
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--cache-dir", default=argparse.SUPPRESS,
                         help="the cache root (default: $LESS_CACHE_DIR, else ./cache)")
-    p = argparse.ArgumentParser(prog="python -m less.cache", description="Inspect and prune the LESS artifact cache.",
+    p = argparse.ArgumentParser(prog="python -m less.cache_cli", description="Inspect and prune the LESS artifact cache.",
                                 parents=[common])
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("list", parents=[common], help="one line per artifact: kind, key, size, age, config")
@@ -528,6 +550,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--runs", nargs="+", metavar="DIR",
                    help="run directories whose results.json say what to keep (default: outputs/ and multirun/)")
     s.add_argument("--yes", action="store_true", help="remove (default: only say what would be removed)")
+    s = sub.add_parser("rekey", parents=[common],
+                       help="move artifacts keyed by data paths (before content keys) to their content keys "
+                            "(dry run without --yes)")
+    s.add_argument("--path", action="append", metavar="OLD=NEW",
+                   help="data (or a model directory) recorded under OLD now lies under NEW; repeatable")
+    s.add_argument("--yes", action="store_true", help="move (default: only say what would be moved)")
     return p
 
 
@@ -547,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
             out = cmd_show(view, args)
         elif args.command == "clean":
             out, ok = cmd_clean(view, args)
+        elif args.command == "rekey":
+            out, ok = cmd_rekey(view, args)
         else:
             out, ok = cmd_gc(view, args)
     except UsageError as e:
@@ -554,3 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print("\n".join(out))
     return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -11,17 +11,17 @@ from omegaconf import DictConfig
 
 from less.cache import to_plain
 from less.errors import ConfigError, DataError
+from less.identity import tree_id
 
 # Written beside each Trainer checkpoint by less.training: epoch, average LR, optimizer param names.
 CHECKPOINT_META = "less_checkpoint.json"
 
 
 def external_warmup_spec(ds: DictConfig) -> dict[str, Any]:
-    """Identity of an external warmup run: its checkpoints' files and the given LRs."""
-    root = Path(ds.warmup_dir).expanduser().resolve()
-    files = {str(p.relative_to(root)): [p.stat().st_size, p.stat().st_mtime_ns]
-             for p in sorted(root.glob("checkpoint-*/**/*")) if p.is_file()}
-    return {"external": str(root), "files": files, "lr_weights": to_plain(ds.lr_weights)}
+    """Identity of an external warmup run: its checkpoints' files by content (less.identity,
+    named relative to ``datastore.warmup_dir``) and the given LRs."""
+    return {"external": True, "files": tree_id(Path(ds.warmup_dir).expanduser(), ["checkpoint-*"]),
+            "lr_weights": to_plain(ds.lr_weights)}
 
 
 def warmup_checkpoints(warmup_dir: Path, ds: DictConfig) -> list[dict[str, Any]]:

@@ -11,15 +11,20 @@ directory.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from less import distributed, resolvers
+from less import distributed, help, resolvers
+from less.errors import LessError
 from less.paths import conf_dir
-from less.runner import run
+from less.runner import Runner
 
 resolvers.register()
+help.register()
 
 
 def rank_overrides(argv: list[str]) -> list[str]:
@@ -35,6 +40,16 @@ def rank_overrides(argv: list[str]) -> list[str]:
     if distributed.is_main():
         return argv
     return argv + ["hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.run.dir=."]  # the last value wins
+
+
+def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
+    """The pipeline for a composed config (``out_dir``: Hydra's output directory unless given).
+    User errors become one line on stderr and exit code 2."""
+    try:
+        return Runner(cfg, out_dir or Path(HydraConfig.get().runtime.output_dir)).run()
+    except LessError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from less.cache import to_plain
 from less.errors import ConfigError
+from less.identity import file_id
 
 if TYPE_CHECKING:
     import torch
@@ -50,23 +51,28 @@ def resolve_device(name: str) -> "torch.device":
     return torch.device(name)
 
 
+MODEL_FILES = (".json", ".safetensors", ".bin", ".model", ".txt", ".tiktoken")  # config, weights, tokenizer
+
+
 def model_spec(model_cfg: DictConfig) -> dict[str, Any]:
-    """What a model's identity depends on (used in downstream cache keys)."""
+    """What a model's identity depends on (used in downstream cache keys): a hub model by its repo
+    id, a local directory by its files' content (less.identity), never by where it lies."""
     spec = to_plain(model_cfg)
     spec.pop("name", None)  # a label only
     if model_cfg.kind == "hf":
-        spec["files"] = local_files_stamp(model_cfg.get("path"))
+        spec["files"] = local_files_id(model_cfg.get("path"))
+        if spec["files"] is not None:
+            spec["path"] = None
     return spec
 
 
-def local_files_stamp(path: str | None) -> dict[str, list[int]] | None:
-    """Size and mtime of a local model/adapter directory's weight and config files (None for a hub id),
-    so cache keys notice when a local checkpoint changes."""
+def local_files_id(path: str | None) -> list[dict[str, Any]] | None:
+    """Content identity of a local model/adapter directory's config, weight and tokenizer files
+    (None for a hub id), so cache keys notice when a local checkpoint changes, and only then."""
     local = Path(str(path or "")).expanduser()
     if not path or not local.is_dir():
         return None
-    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(local.iterdir())
-            if p.is_file() and p.suffix in (".json", ".safetensors", ".bin", ".model")}
+    return [file_id(p) for p in sorted(local.iterdir()) if p.is_file() and p.suffix in MODEL_FILES]
 
 
 def build_tiny(model_cfg: DictConfig, out: Path) -> None:

@@ -33,6 +33,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 CONF = conf_dir()  # the repository's conf/ in a checkout, less/conf/ in an installed copy
 DATA = ROOT.parent / "shared" / "data"
+SHARED_CACHE = ROOT.parent / "shared" / "cache"  # a read-only cache root (the small model), when present
+if SHARED_CACHE.is_dir():
+    os.environ["LESS_CACHE_READONLY"] = os.pathsep.join(
+        filter(None, [os.environ.get("LESS_CACHE_READONLY"), str(SHARED_CACHE)]))
 needs_data = pytest.mark.skipif(not (DATA / "mmlu").is_dir(),
                                 reason=f"real data not found at {DATA} (../shared/data beside the checkout)")
 
@@ -58,7 +62,7 @@ def run_pipeline(overrides: list[str], cache: Path, out: Path) -> dict[str, Any]
 
 def run_expecting_error(overrides: list[str], cache: Path, out: Path, capsys) -> str:
     """The one ``error:`` line an in-process run prints before exiting with code 2."""
-    from less.runner import run
+    from less.cli import run
 
     cfg = compose([f"cache_dir={cache}", "logger=none", *overrides], hydra=False)
     with pytest.raises(SystemExit) as exc:
@@ -106,6 +110,16 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 def shared_cache(tmp_path_factory) -> Path:
     """One artifact cache for the session: the tiny model, warmup and datastore are built once."""
     return tmp_path_factory.mktemp("less-cache")
+
+
+def with_session_models(shared_cache: Path, cache: Path) -> Path:
+    """``cache`` holding the models the session built already (the tiny model: no data in its key),
+    so that a test's own cache does not build them again."""
+    import shutil
+
+    if (shared_cache / "model").is_dir():
+        shutil.copytree(shared_cache / "model", cache / "model", symlinks=True)
+    return cache
 
 
 @pytest.fixture(scope="session")

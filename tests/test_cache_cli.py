@@ -1,4 +1,4 @@
-"""``python -m less.cache list|show|clean|gc`` (less.cache_cli) on a small cache built with the
+"""``python -m less.cache_cli list|show|clean|gc`` (less.cache_cli) on a small cache built with the
 real ``Cache`` API (tiny files, no model) and fake run directories that refer to some of it."""
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def _present(cache: Cache, a: dict) -> set[str]:
 def test_list_as_a_subprocess_shows_every_artifact_with_its_size(fake):
     cache, a = fake
     env = {**os.environ, "LESS_CACHE_DIR": str(cache.root), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "less.cache", "list"],
+    proc = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "less.cache_cli", "list"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr  # no runpy warning
     lines = proc.stdout.splitlines()
@@ -204,7 +204,7 @@ def runs(fake, tmp_path, monkeypatch):
 
 
 def test_gc_keeps_what_runs_refer_to_with_their_inputs(runs, capsys):
-    from less.runner import process_tag
+    from less.cache import process_tag
 
     cache, a = runs
     sel = cache.root / "select"

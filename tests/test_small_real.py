@@ -3,10 +3,13 @@ pools and every paper target as the reference code does, per-example D_val gradi
 batch-size-1 gradients on real MMLU/BBH/TyDiQA prompts, and LESS with it finds target content
 planted in a real pool.
 
-The model is looked up (never built: that takes ~11 minutes on 2 cores) in ``$LESS_CACHE_DIR``
-and in ``<checkout>/cache``, where ``python -m less.small_model data.root=../shared/data`` or any
-``python run.py model=small data.root=../shared/data ...`` run from the checkout puts it. Without
-it these tests skip and say so; CI, which starts from an empty cache, skips them.
+The model is looked up (never built: that takes ~11 minutes on 2 cores) under its key in
+``$LESS_CACHE_DIR``, ``<checkout>/cache`` and the read-only roots (``$LESS_CACHE_READONLY``, which
+conftest points at ``../shared/cache`` beside the checkout). A copy there built before keys named
+data by content (its key names ``data.root`` by path) is used as a plain Hugging Face checkpoint
+when ``less.rekey`` finds that it is the same recipe on the same data, i.e. when
+``python -m less.cache rekey`` would move it to today's key. Without either, these tests skip and
+say how to build it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 
 from less.data import pools, targets
 from less.data.formats import encode_example
-from tests.conftest import DATA, ROOT, compose, needs_data, run_pipeline
+from tests.conftest import DATA, ROOT, SHARED_CACHE, compose, needs_data, run_pipeline
 from tests.test_gradients import batch1_grads
 from tests.test_reference_encoding import pool_examples, reference_dval, reference_encode_messages
 
@@ -33,28 +36,52 @@ def _small_cfg(cache: Path):
     return compose(["model=small", f"data.root={DATA}", f"cache_dir={cache}"], hydra=False)
 
 
+def _same_recipe(d: Path, spec: dict) -> bool:
+    """Whether artifact ``d`` (keyed the old way) is the small model ``spec`` describes today."""
+    from less.rekey import Unverifiable, Upgrade, path_named
+
+    try:
+        old = json.loads((d / "key.json").read_text())["spec"]
+        if not path_named(old["config"]):
+            return False
+        recorded = old["config"]["data"]["root"]  # where it was built: the data is ../shared/data now
+        return Upgrade([(recorded, str(DATA))]).config("model", old["config"]) == spec["config"]
+    except (OSError, ValueError, KeyError, TypeError, Unverifiable):
+        return False
+
+
 def cached_small_model() -> tuple[Path, str] | None:
-    """(directory, key) of the built small model in one of the caches a user's run would fill."""
+    """(directory, today's key) of the built small model in one of the caches a user's run would
+    fill or a read-only root, under today's key or (built before content keys) the same recipe."""
+    from less.cache import readonly_roots
     from less.runner import Runner
 
-    roots = [Path(os.environ["LESS_CACHE_DIR"])] if os.environ.get("LESS_CACHE_DIR") else []
-    for root in [*roots, ROOT / "cache"]:
-        if (root / "model").is_dir():
-            art = Runner(_small_cfg(root), root, check=False).lookup("model")
-            if art.dir.is_dir():
-                return art.dir, art.key
+    writable = [Path(os.environ["LESS_CACHE_DIR"])] if os.environ.get("LESS_CACHE_DIR") else []
+    for root in [*writable, ROOT / "cache"]:
+        runner = Runner(_small_cfg(root), root, check=False)
+        art = runner.lookup("model")
+        if art.cached:
+            return art.dir, art.key
+        for d in sorted(p for r in [root, *readonly_roots()] for p in (r / "model").glob("*") if p.is_dir()):
+            if _same_recipe(d, runner.spec("model")):
+                return d, art.key
     return None
 
 
 @pytest.fixture(scope="module")
-def small_dir() -> Path:
+def small_model() -> tuple[Path, str]:
     if not (DATA / "mmlu").is_dir():
         pytest.skip(f"real data not found at {DATA} (../shared/data beside the checkout)")
     found = cached_small_model()
     if found is None:
-        where = " or ".join(filter(None, [os.environ.get("LESS_CACHE_DIR"), str(ROOT / "cache")]))
+        where = " or ".join(filter(None, [os.environ.get("LESS_CACHE_DIR"), str(ROOT / "cache"), str(SHARED_CACHE)]))
         pytest.skip(f"the small model is not cached in {where}: build it once with `{BUILD}` (~11 min)")
-    return found[0]
+    return found
+
+
+@pytest.fixture(scope="module")
+def small_dir(small_model) -> Path:
+    return small_model[0]
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +171,7 @@ def _planted_pool(path: Path, per_source: int, n_planted: int) -> set[str]:
 
 
 @pytest.mark.slow
-def test_less_finds_target_content_planted_in_a_real_pool(small_dir, tmp_path):
+def test_less_finds_target_content_planted_in_a_real_pool(small_model, tmp_path):
     """200 real pool examples and 20 MMLU test questions asked as D_val asks them (header, lettered
     choices, "The answer is:"): LESS with the small model (warmup, Adam features, MMLU's D_val)
     fills its top 5% (11) with planted questions, where random picks would hold one on average.
@@ -154,7 +181,7 @@ def test_less_finds_target_content_planted_in_a_real_pool(small_dir, tmp_path):
     planted = _planted_pool(tmp_path / "pool.jsonl", 50, 20)
     cache = tmp_path / "cache"
     (cache / "model").mkdir(parents=True)
-    (cache / "model" / small_dir.name).symlink_to(small_dir)  # read-only reuse of the cached model
+    (cache / "model" / small_model[1]).symlink_to(small_model[0])  # read-only reuse under today's key
     res = run_pipeline(["model=small", f"data.root={DATA}", "pool=jsonl", f"pool.files=[{tmp_path / 'pool.jsonl'}]",
                         "target=mmlu", "stages=[prepare,warmup,datastore,select]"], cache, tmp_path / "out")
     assert res["artifacts"]["model"]["cached"] is True

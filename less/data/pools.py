@@ -17,8 +17,10 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 
 from less.data.formats import read_csv, read_examples, read_json, read_jsonl
+from less.data.kinds import pool_kind
 from less.data.locate import data_root, find
 from less.errors import DataError
+from less.identity import data_id, tree_id
 
 Example = dict[str, Any]
 
@@ -134,6 +136,8 @@ def oasst1(root: Path, seed: int) -> list[Example]:
 
 RAW_SOURCES: dict[str, Callable[[Path, int], list[Example]]] = {
     "flan_v2": flan_v2, "cot": cot, "dolly": dolly, "oasst1": oasst1}
+# what each converter reads under data.root (a file, or every file below a directory)
+RAW_PATHS = {"flan_v2": "flan_v2_proxy_niv2", "cot": "cot_flan_v2", "dolly": "dolly", "oasst1": "oasst1"}
 
 
 def cap(rows: list[Example], n: int | None, seed: int, name: str) -> list[Example]:
@@ -145,8 +149,20 @@ def cap(rows: list[Example], n: int | None, seed: int, name: str) -> list[Exampl
 
 
 LESS_DATA_ORDER = ("flan_v2", "cot", "dolly", "oasst1")
+LESS_DATA_FILES = ["train/processed/*/*.jsonl", "*/*.jsonl", "*.jsonl"]
 
 
+def less_data_reads(pool_cfg: DictConfig, data_cfg: DictConfig) -> dict[str, Any]:
+    if pool_cfg.get("path"):
+        return {"path": tree_id(pool_cfg.path, LESS_DATA_FILES)}
+    return {"data": data_id(data_cfg, LESS_DATA_FILES)}
+
+
+def raw_reads(pool_cfg: DictConfig, data_cfg: DictConfig) -> dict[str, Any]:
+    return {"data": data_id(data_cfg, [RAW_PATHS[s] for s in pool_cfg.sources if s in RAW_PATHS])}
+
+
+@pool_kind("less_data", reads=less_data_reads)
 def less_data(pool_cfg: DictConfig, data_cfg: DictConfig) -> list[Example]:
     """The processed pool as published (princeton-nlp/less_data): train/processed/<source>/*.jsonl."""
     if pool_cfg.get("path"):
@@ -155,8 +171,8 @@ def less_data(pool_cfg: DictConfig, data_cfg: DictConfig) -> list[Example]:
             raise DataError(f"{root}: directory not found (set by pool.path)")
     else:
         root = data_root(data_cfg, "the processed LESS pool", ["train/processed/*/*.jsonl"])
-    files = sorted(root.glob("train/processed/*/*.jsonl")) or sorted(root.glob("*/*.jsonl")) \
-        or sorted(root.glob("*.jsonl"))
+    files = sorted(root.glob(LESS_DATA_FILES[0])) or sorted(root.glob(LESS_DATA_FILES[1])) \
+        or sorted(root.glob(LESS_DATA_FILES[2]))
     # the reference's train_files order (warmup_lora_train.sh), which its warmup permutation indexes
     order = {s: i for i, s in enumerate(LESS_DATA_ORDER)}
     files.sort(key=lambda f: (order.get(f.parent.name if f.parent != root else f.stem, len(order)), str(f)))
@@ -174,6 +190,7 @@ def less_data(pool_cfg: DictConfig, data_cfg: DictConfig) -> list[Example]:
     return out
 
 
+@pool_kind("raw", reads=raw_reads)
 def raw_pool(pool_cfg: DictConfig, data_cfg: DictConfig) -> list[Example]:
     """One or more raw sources converted here, each capped at ``pool.max_per_source``."""
     unknown = [s for s in pool_cfg.sources if s not in RAW_SOURCES]

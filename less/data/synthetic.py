@@ -19,6 +19,11 @@ from __future__ import annotations
 import random
 from typing import Any, Callable
 
+from omegaconf import DictConfig
+
+from less.data.kinds import pool_kind, target_kind
+from less.errors import ConfigError
+
 WORDS = (
     "apple river stone cloud garden window silver forest candle mirror planet butter orange "
     "pencil rocket violin shadow dragon winter summer bridge castle harbor meadow thunder"
@@ -179,3 +184,16 @@ def pretraining_corpus(n_per_skill: int, seed: int) -> list[str]:
     from less.data.formats import tulu_text
 
     return [tulu_text(ex) for ex in make_pool(n_per_skill, seed=10_000 + seed, skills=PRETRAIN_SKILLS)]
+
+
+@pool_kind("synthetic")
+def synthetic_pool(pool_cfg: DictConfig, data_cfg: DictConfig) -> list[dict[str, Any]]:
+    try:
+        return make_pool(pool_cfg.n_per_skill, pool_cfg.seed, list(pool_cfg.skills))
+    except ValueError as e:
+        raise ConfigError(f"pool.skills: {e}") from None
+
+
+@target_kind("synthetic", eval_data=lambda t: {"less_synthetic_color": make_eval_mc(t.n_eval, t.seed)})
+def synthetic_target(target_cfg: DictConfig, data_cfg: DictConfig) -> list[dict[str, Any]]:
+    return make_target(target_cfg.n_per_subtask, target_cfg.seed)

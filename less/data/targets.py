@@ -19,8 +19,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from less.data.formats import read_csv, read_json
+from less.data.kinds import target_kind
 from less.data.locate import data_root, find
 from less.errors import DataError
+from less.identity import data_id
 
 Example = dict[str, Any]
 
@@ -99,12 +101,20 @@ def bbh(root: Path) -> list[Example]:
     return out
 
 
-BUILDERS = {"mmlu": (mmlu, ["mmlu/dev/*", "eval/mmlu/dev/*"]),
+# The paper's targets: D_val builder and the files it reads under data.root (less.identity patterns)
+BUILDERS = {"mmlu": (mmlu, ["mmlu/dev/*", "eval/mmlu/dev/*", "data/eval/mmlu/dev/*"]),
             "tydiqa": (tydiqa, ["tydiqa/tydiqa-one-shot.json", "eval/tydiqa/tydiqa-one-shot.json"]),
-            "bbh": (bbh, ["less_eval_formats/*", "eval/bbh/bbh-three-shot.json"])}
+            "bbh": (bbh, ["less_eval_formats/bbh-three-shot.json", "eval/bbh/bbh-three-shot.json"])}
 
 
-def paper_target(target_cfg: DictConfig, data_cfg: DictConfig) -> list[Example]:
-    build, patterns = BUILDERS[target_cfg.kind]
-    root = data_root(data_cfg, f"the {target_cfg.kind} validation set", patterns)
-    return build(root)
+def _register(kind: str) -> None:
+    build, patterns = BUILDERS[kind]
+
+    def load(target_cfg: DictConfig, data_cfg: DictConfig) -> list[Example]:
+        return build(data_root(data_cfg, f"the {kind} validation set", patterns))
+    load.__qualname__ = f"paper_target_{kind}"
+    target_kind(kind, reads=lambda target_cfg, data_cfg: {"data": data_id(data_cfg, patterns)})(load)
+
+
+for _kind in BUILDERS:
+    _register(_kind)

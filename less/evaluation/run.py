@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from less.errors import ConfigError
-from less.evaluation.tasks import PAPER_TASKS, build_tasks
+from less.evaluation.tasks import build_tasks, registered
 
 log = logging.getLogger(__name__)
 PACKAGE_TASKS = Path(__file__).resolve().parents[1] / "tasks"
@@ -131,7 +131,7 @@ def evaluate(cfg: DictConfig, out: Path, device: torch.device, base: str | None,
     task_dir = out / "tasks"
     built = build_tasks(e, cfg.data, task_dir, tokenizer)
     _wrap_package_tasks(e, target_dir, task_dir)
-    plain = [t for t in e.tasks if t not in PAPER_TASKS]
+    plain = [t for t in e.tasks if t not in registered(e)]
     names = [b.group for b in built] + plain
     manager = task_manager([str(task_dir)] * task_dir.is_dir() + [*map(str, e.include_paths)], names)
     lm = make_lm(cfg, base, adapter, tokenizer, device)

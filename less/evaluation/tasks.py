@@ -8,6 +8,11 @@ so lm-eval imports only the package's own code, never a file from the cache.
 ``eval.protocol=paper``: open-instruct's settings as LESS used them (see docs/evaluation.md);
 ``eval.protocol=lm_eval``: lm-eval's built-in prompts and settings, on the same local data.
 Task names users write: ``mmlu``, ``tydiqa``, ``bbh`` (any other name goes to lm-eval unchanged).
+
+Each is a registered eval task (``EVAL_TASKS``): a builder that writes its lm-eval YAML and data
+from the local data root, and the files it reads there (glob patterns, which name the data by
+content in the eval's cache key). A new one is one module of ``less.evaluation`` using
+``@eval_task`` (or an installed package's ``less.eval_tasks`` entry point).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from omegaconf import DictConfig
@@ -26,14 +31,35 @@ from less.data.formats import read_csv, read_json, read_text
 from less.data.locate import data_root, find
 from less.data.targets import TYDIQA_TEMPLATES
 from less.errors import ConfigError, DataError
+from less.registry import Registry, origin
 
-PAPER_TASKS = ("mmlu", "tydiqa", "bbh")
 TYDIQA_CODES = {"arabic": "ar", "bengali": "bn", "english": "en", "finnish": "fi", "indonesian": "id",
                 "korean": "ko", "russian": "ru", "swahili": "sw", "telugu": "te"}  # in sorted order
 SEED = 42  # open-instruct's sampling seed for TyDiQA and BBH test examples
 # templates holding the `!function task_utils.<name>` lines, resolved next to them (this package)
 TYDIQA_TEMPLATE = Path(__file__).resolve().with_name("paper_tydiqa.yaml")
 BBH_TEMPLATE = Path(__file__).resolve().with_name("paper_bbh.yaml")
+
+
+Builder = Callable[[Path, Path, DictConfig, Any], "Built"]  # (data root, out, eval config, tokenizer)
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    name: str
+    build: Builder
+    reads: Callable[[DictConfig], list[str]]  # eval config -> glob patterns under data.root
+
+
+EVAL_TASKS: Registry[EvalTask] = Registry("eval task", "eval.tasks", "less.evaluation", "less.eval_tasks")
+
+
+def eval_task(name: str, reads: Callable[[DictConfig], list[str]]):
+    """Decorator: register ``build(root, out, eval_cfg, tokenizer) -> Built`` as eval task ``name``."""
+    def deco(fn: Builder) -> Builder:
+        EVAL_TASKS.add(name, EvalTask(name, fn, reads), origin(fn))
+        return fn
+    return deco
 
 
 def lm_eval_tasks_dir() -> Path:
@@ -320,22 +346,38 @@ def build_bbh(root: Path, out: Path, protocol: str, per_task: int | None) -> Bui
     return built
 
 
+@eval_task("mmlu", reads=lambda e: ["mmlu/test", "mmlu/dev", "eval/mmlu", "data/eval/mmlu"])
+def _mmlu(root: Path, out: Path, e: DictConfig, tokenizer) -> Built:
+    return build_mmlu(root, out, e.protocol)
+
+
+@eval_task("tydiqa", reads=lambda e: TYDIQA_DEV + TYDIQA_DVAL + ([] if e.tydiqa.train_file else TYDIQA_TRAIN))
+def _tydiqa(root: Path, out: Path, e: DictConfig, tokenizer) -> Built:
+    return build_tydiqa(root, out, e.protocol, e.tydiqa, tokenizer)
+
+
+@eval_task("bbh", reads=lambda e: ["bbh/bbh", "bbh/cot-prompts", "eval/bbh", "data/eval/bbh"])
+def _bbh(root: Path, out: Path, e: DictConfig, tokenizer) -> Built:
+    return build_bbh(root, out, e.protocol, e.bbh.per_task)
+
+
+def registered(eval_cfg: DictConfig) -> list[str]:
+    """The requested tasks that are registered here (the others go to lm-eval by name)."""
+    return [t for t in eval_cfg.tasks if t in EVAL_TASKS]
+
+
+def reads(eval_cfg: DictConfig) -> list[str]:
+    """What the requested registered tasks read under data.root (glob patterns)."""
+    return [p for t in registered(eval_cfg) for p in EVAL_TASKS.get(t).reads(eval_cfg)]
+
+
 def build_tasks(eval_cfg: DictConfig, data_cfg: DictConfig, out: Path, tokenizer) -> list[Built]:
-    """Write the task YAMLs and data the requested paper tasks need into ``out``."""
-    wanted = [t for t in eval_cfg.tasks if t in PAPER_TASKS]
+    """Write the task YAMLs and data the requested registered tasks need into ``out``."""
+    wanted = registered(eval_cfg)
     if eval_cfg.protocol not in ("paper", "lm_eval"):
         raise ConfigError(f"eval.protocol must be paper or lm_eval, got {eval_cfg.protocol!r}")
     if not wanted:
         return []
     out.mkdir(parents=True, exist_ok=True)
-    root = data_root(data_cfg, f"evaluation data for {wanted}",
-                     ["eval/mmlu/**", "eval/tydiqa/**", "eval/bbh/**"])
-    built = []
-    for t in wanted:
-        if t == "mmlu":
-            built.append(build_mmlu(root, out, eval_cfg.protocol))
-        elif t == "tydiqa":
-            built.append(build_tydiqa(root, out, eval_cfg.protocol, eval_cfg.tydiqa, tokenizer))
-        else:
-            built.append(build_bbh(root, out, eval_cfg.protocol, eval_cfg.bbh.per_task))
-    return built
+    root = data_root(data_cfg, f"evaluation data for {wanted}", [f"{p}/**" for p in reads(eval_cfg)] + reads(eval_cfg))
+    return [EVAL_TASKS.get(t).build(root, out, eval_cfg, tokenizer) for t in wanted]

@@ -18,17 +18,14 @@ methods through the ``less.selection_methods`` entry-point group.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from omegaconf import DictConfig
 
-from less.errors import ConfigError
+from less.registry import Registry, origin
 
 NEEDS = ("gradients", "representations", "nothing")
 
@@ -72,18 +69,13 @@ class Method:
     check: Callable[[DictConfig], None] | None = None
 
 
-_METHODS: dict[str, Method] = {}
-_loaded = False
+METHODS: Registry[Method] = Registry("selection method", "selection.method", "less.selection", "less.selection_methods")
 
 
 def register(m: Method) -> Method:
     if m.needs not in NEEDS:
         raise ValueError(f"selection method {m.name}: needs must be one of {NEEDS}, got {m.needs!r}")
-    old = _METHODS.get(m.name)
-    if old is not None and (old.score.__module__, old.score.__qualname__) != (m.score.__module__, m.score.__qualname__):
-        raise ValueError(f"selection method {m.name!r} is registered twice ({old.score.__module__}, {m.score.__module__})")
-    _METHODS[m.name] = m
-    return m
+    return METHODS.add(m.name, m, origin(m.score))
 
 
 def method(name: str, *, needs: str = "nothing", target_free: bool = False,
@@ -95,26 +87,9 @@ def method(name: str, *, needs: str = "nothing", target_free: bool = False,
     return deco
 
 
-def _load() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    import less.selection as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(f"{pkg.__name__}.{mod.name}")
-    for ep in entry_points(group="less.selection_methods"):
-        ep.load()
-
-
 def names() -> list[str]:
-    _load()
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def get(name: str) -> Method:
-    _load()
-    if name not in _METHODS:
-        raise ConfigError(f"selection.method must be one of {names()}, got {name!r}")
-    return _METHODS[name]
+    return METHODS.get(name)

@@ -13,9 +13,10 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from less.cache import to_plain, write_json_atomic
-from less.data.sources import data_spec, file_stamp
+from less.evaluation.tasks import reads
 from less.graph import Context, Inputs, Stage, always
-from less.models import local_files_stamp, model_spec
+from less.identity import data_id, file_id, tree_id
+from less.models import local_files_id, model_spec
 from less.results import flatten_metrics
 from less.stages.model import source
 
@@ -61,14 +62,21 @@ def _inputs(base: bool):
 def _config(base: bool):
     def config(ctx: Context) -> dict[str, Any]:
         e = _cfg(ctx, base).eval
-        # `base` (whether to evaluate the base model too) is not part of what an evaluation is
-        spec = {"eval": {k: v for k, v in to_plain(e).items() if k != "base"}, "data": data_spec(ctx.cfg.data),
+        # `base` (whether to evaluate the base model too) is not part of what an evaluation is;
+        # files are named by content (less.identity), never by path
+        ev = {k: v for k, v in to_plain(e).items() if k != "base"}
+        spec = {"eval": ev, "data": data_id(ctx.cfg.data, reads(e)),
                 "device": ctx.device.type, "seed": ctx.cfg.seed, "model": model_spec(ctx.cfg.model)}
-        if "tydiqa" in e.tasks and e.tydiqa.train_file:  # its size and mtime, as for the pool's files
-            spec["tydiqa_train_file"] = file_stamp(e.tydiqa.train_file)
-        if e.model and e.model != "base":  # a checkpoint of the user's: its files' identity
-            spec.update(external={"model": str(e.model), "model_files": local_files_stamp(e.model),
-                                  "adapter_files": local_files_stamp(e.adapter)})
+        if e.get("include_paths"):
+            ev["include_paths"] = [tree_id(p) for p in e.include_paths]
+        if "tydiqa" in e.tasks and e.tydiqa.train_file:
+            ev["tydiqa"]["train_file"] = True
+            spec["tydiqa_train_file"] = file_id(e.tydiqa.train_file)
+        if e.model and e.model != "base":  # a checkpoint of the user's: a hub id, or its files' content
+            model_files, adapter_files = local_files_id(e.model), local_files_id(e.adapter)
+            ev["model"] = None if model_files is not None else str(e.model)
+            ev["adapter"] = None if adapter_files is not None else e.adapter
+            spec.update(external={"model": ev["model"], "model_files": model_files, "adapter_files": adapter_files})
         return spec
     return config
 
@@ -94,9 +102,26 @@ def _track(key: str):
     return track
 
 
+def _summary(key: str, label: str):
+    def summary(r: dict[str, Any]) -> list[str]:
+        lines = []
+        for task, ms in r.get(key, {}).items():
+            if not isinstance(ms, dict):  # e.g. tydiqa_shot_source
+                lines.append(f"eval {task}{label}: {ms}")
+                continue
+            subs = ms.get("subtasks", {})
+            lines.append(f"eval {task}{label}: " + ", ".join(
+                f"{m}={v:.4f}" + (f" ± {ms[m + '_stderr']:.4f}" if isinstance(ms.get(m + "_stderr"), float) else "")
+                for m, v in ms.items() if m != "subtasks" and not m.endswith("stderr"))
+                + (f" ({len(subs)} subtasks in results.json)" if subs else ""))
+        return lines
+    return summary
+
+
 def _stage(name: str, base: bool, applies=always) -> Stage:
     return Stage(name, kind="eval", step="eval", build=_build(base), inputs=_inputs(base), config=_config(base),
                  report=_report(name), track=_track(name), applies=applies, wandb_type="evaluation",
+                 summary=_summary(name, " (base model)" if base else ""),
                  wandb_files=("metrics.json", "info.json", "samples"))
 
 

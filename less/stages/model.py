@@ -1,7 +1,7 @@
 """The models built here (``model.kind: tiny``, or ``small``: pretrained on the pools under
 ``data.root``, less.small_model): the selector M_S and the target model M_T.
-Hub or local checkpoints (``kind: hf``) are not artifacts; their identity (path and, for a local
-directory, its files' sizes and mtimes) enters the keys of the stages that use them."""
+Hub or local checkpoints (``kind: hf``) are not artifacts; their identity (a hub id, or a local
+directory's files by content) enters the keys of the stages that use them."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from typing import Callable
 
 from omegaconf import DictConfig
 
-from less.data.sources import data_spec
+from less.data.pools import RAW_PATHS
 from less.graph import Context, Inputs, Stage
-from less.models import BUILT_KINDS, build_tiny, model_source, model_spec
+from less.identity import data_id
+from less.models import BUILT_KINDS, build_tiny, model_source, model_spec, param_count
 
 
 def _built(name: str, pick: Callable[[Context], DictConfig]) -> Stage:
@@ -28,9 +29,19 @@ def _built(name: str, pick: Callable[[Context], DictConfig]) -> Stage:
 
     def config(ctx: Context) -> dict:
         cfg = pick(ctx)
-        return {**model_spec(cfg), **({"data": data_spec(ctx.cfg.data)} if cfg.kind == "small" else {})}
+        # the small model reads every raw pool source under data.root (less.sp_tokenizer.pool_texts)
+        return {**model_spec(cfg), **({"data": data_id(ctx.cfg.data, RAW_PATHS.values())} if cfg.kind == "small" else {})}
 
-    return Stage(name, kind="model", config=config, applies=lambda ctx: pick(ctx).kind in BUILT_KINDS, build=build)
+    def params(ctx: Context) -> int | None:
+        """Its parameters, counted from its config (a model built here: once it is built)."""
+        cfg = pick(ctx)
+        built = ctx.artifact(name) if cfg.kind in BUILT_KINDS else None
+        if built is not None and not built.cached:
+            return None
+        return param_count(model_source(cfg, built.dir if built else None), bool(cfg.trust_remote_code))
+
+    return Stage(name, kind="model", config=config, applies=lambda ctx: pick(ctx).kind in BUILT_KINDS, build=build,
+                 params=params, own_line=lambda ctx: {"built": pick(ctx).kind})
 
 
 SELECTOR = _built("selector", lambda ctx: ctx.selector)
