@@ -35,7 +35,7 @@ def rank_overrides(argv: list[str]) -> list[str]:
         return argv
     if any(a in ("-m", "--multirun") for a in argv[1:]):
         print(f"error: -m (a sweep) under a launcher of {distributed.world()} processes: launch each job "
-              "with torchrun on its own (see README, Multi-GPU and clusters)", file=sys.stderr)
+              "with torchrun on its own (see docs/multi-gpu.md)", file=sys.stderr)
         sys.exit(2)
     if distributed.is_main():
         return argv

@@ -13,5 +13,11 @@ class DataError(LessError):
     """An input file is wrong; the message names the file (and line)."""
 
 
+def require(ok: bool, msg: str) -> None:
+    """Raise ``ConfigError(msg)`` unless ``ok``: the one-line checks of a config slice."""
+    if not ok:
+        raise ConfigError(msg)
+
+
 class CacheMiss(LessError):
     """A stage was skipped but its artifact is not in the cache."""

@@ -134,6 +134,8 @@ class Stage:
     - ``cost(ctx, art)``: its compute (:class:`less.results.Cost`): from its artifact's records, or
       (``art`` None) the plan's estimate before it is built.
     - ``plan(ctx)``: its part of plan.json (e.g. an estimate the costs start from).
+    - ``check(cfg)``: validates the config slice it owns before any work (``ConfigError`` naming the
+      key; ``less.validate`` runs every stage's check once, whether it applies or not).
     """
 
     name: str
@@ -159,6 +161,7 @@ class Stage:
     params: Callable[[Context], int | None] | None = None
     cost: Callable[[Context, Artifact | None], Cost] | None = None
     plan: Callable[[Context], dict[str, Any]] | None = None
+    check: Callable[[DictConfig], None] | None = None
 
     def __post_init__(self) -> None:
         if (self.build is None) == (self.work is None):

@@ -1,4 +1,4 @@
-"""Config resolvers: ``${gpu:}``, the GPU of a sweep job (README, Multi-GPU and clusters)."""
+"""Config resolvers: ``${gpu:}``, the GPU of a sweep job (docs/multi-gpu.md)."""
 
 from __future__ import annotations
 

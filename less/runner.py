@@ -38,10 +38,10 @@ log = logging.getLogger(__name__)
 
 class Runner:
     def __init__(self, cfg: DictConfig, out_dir: Path, graph: tuple[Stage, ...] | None = None, check: bool = True):
-        if check:
-            validate(cfg)
         if graph is None:
             from less.stages import GRAPH as graph
+        if check:
+            validate(cfg, graph)
         self.cfg, self.out_dir = cfg, Path(out_dir)
         self.cache = Cache(cfg.cache_dir, cfg.get("cache_readonly"))
         self.graph = {s.name: s for s in graph}

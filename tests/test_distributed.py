@@ -17,7 +17,7 @@ import torch
 from tests.conftest import ROOT, compose, linked_cache, run_pipeline
 
 STAGES = "stages=[prepare,warmup,datastore,select]"
-SCORE_TOL = 1e-4  # README, Multi-GPU and clusters: what a torchrun run reproduces
+SCORE_TOL = 1e-4  # docs/multi-gpu.md: what a torchrun run reproduces
 
 
 def torchrun(args: list[str], cwd: Path, env: dict[str, str], n: int = 2, timeout: int = 600):
@@ -285,7 +285,7 @@ def test_sharding_settings_the_pipeline_cannot_use_are_refused(monkeypatch, over
     with pytest.raises(ConfigError, match=needle):
         validate(compose(["plan=true", *overrides], hydra=False))
     ok = {"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True}}
-    from less.validate import _check_deepspeed
+    from less.stages.warmup import _check_deepspeed
     from omegaconf import OmegaConf
 
     _check_deepspeed("train", OmegaConf.create(ok))

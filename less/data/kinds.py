@@ -10,7 +10,8 @@ the ``less.data`` package (or an installed package's entry point in ``less.pool_
 unique ``id``). ``reads(cfg, data_cfg)`` names what the examples depend on besides the kind's own
 config, by content (less.identity: ``file_id`` for a file given directly, ``data_id`` for files
 under ``data.root``); it enters the cache key, so a kind that reads files must declare them, and
-never by absolute path. A target kind may ship test sets for lm-eval tasks of its own
+never by absolute path. ``check(cfg)`` validates the kind's own settings before any work
+(``ConfigError`` naming the key). A target kind may ship test sets for lm-eval tasks of its own
 (``eval_data(cfg) -> {task: rows}``).
 """
 
@@ -32,11 +33,16 @@ def reads_nothing(cfg: DictConfig, data_cfg: DictConfig) -> dict[str, Any]:
     return {}
 
 
+def checks_nothing(cfg: DictConfig) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class PoolKind:
     name: str
     load: Loader
     reads: Reads = reads_nothing
+    check: Callable[[DictConfig], None] = checks_nothing  # its config slice, before any work
 
 
 @dataclass(frozen=True)
@@ -45,23 +51,25 @@ class TargetKind:
     load: Loader
     reads: Reads = reads_nothing
     eval_data: Callable[[DictConfig], dict[str, Rows]] | None = None
+    check: Callable[[DictConfig], None] = checks_nothing
 
 
 POOLS: Registry[PoolKind] = Registry("pool kind", "pool.kind", "less.data", "less.pool_kinds")
 TARGETS: Registry[TargetKind] = Registry("target kind", "target.kind", "less.data", "less.target_kinds")
 
 
-def pool_kind(name: str, *, reads: Reads = reads_nothing):
+def pool_kind(name: str, *, reads: Reads = reads_nothing, check: Callable[[DictConfig], None] = checks_nothing):
     """Decorator: register ``fn(pool_cfg, data_cfg) -> rows`` as ``pool.kind: <name>``."""
     def deco(fn: Loader) -> Loader:
-        POOLS.add(name, PoolKind(name, fn, reads), origin(fn))
+        POOLS.add(name, PoolKind(name, fn, reads, check), origin(fn))
         return fn
     return deco
 
 
-def target_kind(name: str, *, reads: Reads = reads_nothing, eval_data: Callable[[DictConfig], dict[str, Rows]] | None = None):
+def target_kind(name: str, *, reads: Reads = reads_nothing, eval_data: Callable[[DictConfig], dict[str, Rows]] | None = None,
+                check: Callable[[DictConfig], None] = checks_nothing):
     """Decorator: register ``fn(target_cfg, data_cfg) -> rows`` as ``target.kind: <name>``."""
     def deco(fn: Loader) -> Loader:
-        TARGETS.add(name, TargetKind(name, fn, reads, eval_data), origin(fn))
+        TARGETS.add(name, TargetKind(name, fn, reads, eval_data, check), origin(fn))
         return fn
     return deco

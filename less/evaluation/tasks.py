@@ -233,8 +233,6 @@ def build_tydiqa(root: Path, out: Path, protocol: str, t: DictConfig, tokenizer,
     test questions, then with the same RNG one train example per language, iterating a ``set`` of
     languages (an order that changes with PYTHONHASHSEED); here one ``Random(42)`` in sorted
     language order does the same draws reproducibly."""
-    if t.shot_source not in SHOT_SOURCES:
-        raise ConfigError(f"eval.tydiqa.shot_source must be train or dval, got {t.shot_source!r}")
     dev = find(root, TYDIQA_DEV, "TyDiQA-GoldP dev")
     by_lang = _squad_by_language(dev)
     built = Built("tydiqa", "less_tydiqa")
@@ -373,9 +371,7 @@ def reads(eval_cfg: DictConfig) -> list[str]:
 
 def build_tasks(eval_cfg: DictConfig, data_cfg: DictConfig, out: Path, tokenizer) -> list[Built]:
     """Write the task YAMLs and data the requested registered tasks need into ``out``."""
-    wanted = registered(eval_cfg)
-    if eval_cfg.protocol not in ("paper", "lm_eval"):
-        raise ConfigError(f"eval.protocol must be paper or lm_eval, got {eval_cfg.protocol!r}")
+    wanted = registered(eval_cfg)  # eval.protocol and the rest of eval.* are checked up front (less.stages.eval)
     if not wanted:
         return []
     out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+
 from less.cache import Artifact, write_json_atomic
+from less.errors import require
+from less.gradients.store import DTYPES
 from less.graph import Context, Inputs, Stage
 from less.results import Cost
 from less.stages.token_counts import pool_tokens_estimate
@@ -84,9 +88,35 @@ def track(ctx: Context, art, reported: dict[str, Any], tracker) -> None:
         tracker.summary({f"data/{split}/dropped/{k}": v for k, v in rec["dropped"].items()})
 
 
+def check(cfg: DictConfig) -> None:
+    """``datastore.*``: gradient type, projection, shards, chunking, storage dtype, checkpoints."""
+    ds, w = cfg.datastore, cfg.warmup
+    require(ds.gradient_type in ("adam", "sgd"), f"datastore.gradient_type must be adam or sgd, got {ds.gradient_type!r}")
+    if isinstance(ds.projection, str):
+        require(ds.projection == "none", f"datastore.projection must be a mapping or 'none', got {ds.projection!r}")
+    else:
+        dims = list(ds.projection.dims)
+        require(bool(dims) and all(isinstance(d, int) and d > 0 for d in dims),
+                f"datastore.projection.dims must be a non-empty list of positive integers, got {dims}")
+        require(ds.projection.batch_size >= 1, f"datastore.projection.batch_size must be >= 1, got {ds.projection.batch_size}")
+        if ds.dtype == "bit":
+            require(all(d % 8 == 0 for d in dims), f"datastore.dtype=bit needs dims divisible by 8, got {dims}")
+    require(0 <= ds.shard < ds.num_shards, f"datastore.shard must be in [0, num_shards={ds.num_shards}), got {ds.shard}")
+    for key in ("chunk_size", "token_budget", "max_batch_size"):
+        require(ds[key] >= 1, f"datastore.{key} must be >= 1, got {ds[key]}")
+    require(ds.target_truncation in ("left", "right"),
+            f"datastore.target_truncation must be left or right, got {ds.target_truncation!r}")
+    require(ds.dtype in DTYPES, f"datastore.dtype must be one of {DTYPES}, got {ds.dtype!r}")
+    if ds.checkpoints is not None and ds.use_warmup and not ds.warmup_dir:  # epochs 1..warmup.epochs exist
+        require(all(1 <= e <= w.epochs for e in ds.checkpoints),
+                f"datastore.checkpoints {list(ds.checkpoints)} must be epochs in 1..{w.epochs}")
+    require(ds.use_warmup or ds.gradient_type == "sgd" or bool(ds.warmup_dir),
+            "datastore.use_warmup=false has no optimizer state: set datastore.gradient_type=sgd")
+
+
 DATASTORE = Stage(
     "datastore", step="datastore", build=build, applies=needs_gradients, config=lambda ctx: {},
     inputs=lambda ctx: {"pool": "pool_features", "target": "target_features"}, report=report, track=track,
     accounting=accounting, cost=cost, 
     wandb_id=lambda ctx: {"shard": [ctx.cfg.datastore.shard, ctx.cfg.datastore.num_shards]},
-    wandb_type="datastore", wandb_files=("manifest.json",))
+    wandb_type="datastore", wandb_files=("manifest.json",), check=check)

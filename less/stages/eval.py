@@ -13,7 +13,8 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from less.cache import to_plain, write_json_atomic
-from less.evaluation.tasks import reads
+from less.errors import require
+from less.evaluation.tasks import SHOT_SOURCES, check_tydiqa_train, reads
 from less.graph import Context, Inputs, Stage, always
 from less.identity import data_id, file_id, tree_id
 from less.models import local_files_id, model_spec
@@ -118,12 +119,30 @@ def _summary(key: str, label: str):
     return summary
 
 
-def _stage(name: str, base: bool, applies=always) -> Stage:
+def check(cfg: DictConfig) -> None:
+    """``eval.*``; with eval in ``stages``, what it will read (before hours of training, not at the end)."""
+    e = cfg.eval
+    require(e.protocol in ("paper", "lm_eval"), f"eval.protocol must be paper or lm_eval, got {e.protocol!r}")
+    require(e.backend in ("hf", "vllm"), f"eval.backend must be hf or vllm, got {e.backend!r}")
+    require(not e.adapter or (e.model and e.model != "base"), "eval.adapter needs eval.model (the adapter's base)")
+    require(e.tydiqa.shot_source in SHOT_SOURCES,
+            f"eval.tydiqa.shot_source must be train or dval, got {e.tydiqa.shot_source!r}")
+    for key, n in (("eval.tydiqa.per_language", e.tydiqa.per_language), ("eval.bbh.per_task", e.bbh.per_task)):
+        require(n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 1),
+                f"{key} must be a positive integer or null (all), got {n!r}")
+    if "eval" in cfg.stages:
+        check_tydiqa_train(e, cfg.data)
+        require(SYNTHETIC_TASK not in e.tasks or cfg.target.kind == "synthetic",
+                f"eval.tasks: {SYNTHETIC_TASK} needs target=synthetic (got target={cfg.target.name}); "
+                "set eval.tasks or leave eval out of stages")
+
+
+def _stage(name: str, base: bool, applies=always, check=None) -> Stage:
     return Stage(name, kind="eval", step="eval", build=_build(base), inputs=_inputs(base), config=_config(base),
                  report=_report(name), track=_track(name), applies=applies, wandb_type="evaluation",
                  summary=_summary(name, " (base model)" if base else ""),
-                 wandb_files=("metrics.json", "info.json", "samples"))
+                 wandb_files=("metrics.json", "info.json", "samples"), check=check)
 
 
-EVAL = _stage("eval", base=False)
+EVAL = _stage("eval", base=False, check=check)
 EVAL_BASE = _stage("eval_base", base=True, applies=lambda ctx: not ctx.cfg.eval.model and bool(ctx.cfg.eval.get("base")))

@@ -16,7 +16,7 @@ from less.identity import data_id
 from less.models import BUILT_KINDS, build_tiny, model_source, model_spec, param_count
 
 
-def _built(name: str, pick: Callable[[Context], DictConfig]) -> Stage:
+def _built(name: str, pick: Callable[[Context], DictConfig], check: Callable[[DictConfig], None]) -> Stage:
     def build(ctx: Context, inputs: Inputs, out: Path) -> None:
         cfg = pick(ctx)
         if cfg.kind == "small":
@@ -41,11 +41,21 @@ def _built(name: str, pick: Callable[[Context], DictConfig]) -> Stage:
         return param_count(model_source(cfg, built.dir if built else None), bool(cfg.trust_remote_code))
 
     return Stage(name, kind="model", config=config, applies=lambda ctx: pick(ctx).kind in BUILT_KINDS, build=build,
-                 params=params, own_line=lambda ctx: {"built": pick(ctx).kind})
+                 params=params, own_line=lambda ctx: {"built": pick(ctx).kind}, check=check)
 
 
-SELECTOR = _built("selector", lambda ctx: ctx.selector)
-MODEL = _built("model", lambda ctx: ctx.cfg.model)
+def _check(role: str) -> Callable[[DictConfig], None]:
+    def check(cfg: DictConfig) -> None:
+        m = cfg.get(role)
+        if m is not None and m.kind == "small":  # pretrained on data.root: it must be there
+            from less.small_model import require_root
+
+            require_root(cfg.data)
+    return check
+
+
+SELECTOR = _built("selector", lambda ctx: ctx.selector, _check("selector"))
+MODEL = _built("model", lambda ctx: ctx.cfg.model, _check("model"))
 
 
 def source(ctx: Context, inputs: Inputs, role: str) -> str:

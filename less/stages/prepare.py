@@ -9,6 +9,7 @@ from typing import Any
 
 from less.cache import write_json_atomic
 from less.data import sources
+from less.data.kinds import POOLS, TARGETS
 from less.data.formats import write_jsonl
 from less.graph import Context, Inputs, Stage
 
@@ -48,10 +49,12 @@ def target_summary(r: dict[str, Any]) -> list[str]:
 POOL = Stage(
     "pool", step="prepare", build=build_pool, wandb_type="dataset", wandb_files=("pool.json",), summary=pool_summary,
     config=lambda ctx: sources.pool_spec(ctx.cfg.pool, ctx.cfg.data),
+    check=lambda cfg: POOLS.get(cfg.pool.kind).check(cfg.pool),
     report=lambda ctx, art: {"data": {"pool": json.loads((art.dir / "pool.json").read_text())}})
 
 TARGET = Stage(
     "target", step="prepare", build=build_target, wandb_type="dataset", wandb_files=("target.json", "target.jsonl"),
     summary=target_summary,
     config=lambda ctx: sources.target_spec(ctx.cfg.target, ctx.cfg.data),
+    check=lambda cfg: TARGETS.get(cfg.target.kind).check(cfg.target),
     report=lambda ctx, art: {"data": {"target": json.loads((art.dir / "target.json").read_text())}})

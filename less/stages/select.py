@@ -18,7 +18,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from less.cache import to_plain, write_json_atomic
 from less.data import sources
 from less.data.formats import read_examples, write_jsonl
+from less.errors import require
 from less.graph import Context, Inputs, Stage
+from less.selection import registry
 from less.selection.registry import Request, Scored
 
 
@@ -150,8 +152,31 @@ def inputs(ctx: Context) -> dict[str, str]:
     return out
 
 
+def check(cfg: DictConfig) -> None:
+    """``selection.*``: a registered method (and its own ``check``), the share or count, and the
+    datastore dims and checkpoints it scores with."""
+    s, ds = cfg.selection, cfg.datastore
+    method = registry.get(s.method)  # names the registered methods if unknown
+    if method.check is not None:
+        method.check(cfg)
+    if "subtask_reduce" in s:
+        require(s.subtask_reduce in ("max", "mean"), f"selection.subtask_reduce must be max or mean, got {s.subtask_reduce!r}")
+    if s.k is None:
+        require(s.fraction is not None and 0 < s.fraction <= 1,
+                f"selection.fraction must be in (0, 1] (or set selection.k), got {s.fraction}")
+    else:
+        require(isinstance(s.k, int) and s.k >= 1, f"selection.k must be a positive integer, got {s.k}")
+    if s.get("proj_dim") is not None and not isinstance(ds.projection, str):
+        dims = list(ds.projection.dims)
+        require(s.proj_dim in dims, f"selection.proj_dim={s.proj_dim} is not in datastore.projection.dims {dims}")
+    if s.get("checkpoints") is not None and ds.use_warmup and not ds.warmup_dir:
+        avail = list(ds.checkpoints) if ds.checkpoints is not None else list(range(1, cfg.warmup.epochs + 1))
+        require(bool(s.checkpoints) and set(s.checkpoints) <= set(avail),
+                f"selection.checkpoints {list(s.checkpoints)} must be a subset of {avail}")
+
+
 SELECT = Stage(
     "select", step="select", build=build, inputs=inputs, report=report, track=track, summary=summary,
     links=("selected.jsonl", "ranking.csv"),
     wandb_type="selection", wandb_files=("selection.json", "selected.jsonl", "ranking.csv"),
-    config=lambda ctx: {"selection": to_plain(ctx.cfg.selection), "seed": ctx.cfg.seed})
+    config=lambda ctx: {"selection": to_plain(ctx.cfg.selection), "seed": ctx.cfg.seed}, check=check)

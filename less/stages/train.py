@@ -10,11 +10,11 @@ from typing import Any
 from less import distributed
 from less.cache import to_plain, write_json_atomic
 from less.data.formats import encode_examples, read_examples
-from less.errors import DataError
+from less.errors import DataError, require
 from less.graph import Context, Inputs, Stage
 from less.models import load_model, load_tokenizer, lora_config, model_spec
 from less.stages.model import source
-from less.stages.warmup import track_curve, training_accounting, training_cost, training_spec, training_summary
+from less.stages.warmup import check_training, track_curve, training_accounting, training_cost, training_spec, training_summary
 
 
 def build(ctx: Context, inputs: Inputs, out: Path) -> None:
@@ -55,6 +55,11 @@ def selected_share(ctx: Context) -> float:
     return 1.0 if s.method == "full" else (s.get("fraction") or 0.05)
 
 
+def check(cfg) -> None:
+    require(cfg.train.mode in ("lora", "full"), f"train.mode must be lora or full, got {cfg.train.mode!r}")
+    check_training(cfg, "train")
+
+
 TRAIN = Stage(
     "train", step="train", build=build, ranks="all", report=report, track=track_curve("train", "train.json"),
     summary=training_summary("train"), accounting=training_accounting("train", "train.json"),
@@ -62,4 +67,5 @@ TRAIN = Stage(
     wandb_type="model", wandb_files=("train.json",), wandb_model=("adapter", "model"),
     inputs=lambda ctx: {"selection": "select", "model": "model"},
     config=lambda ctx: {"model": model_spec(ctx.cfg.model), "chat_format": ctx.cfg.chat_format,
-                        "train": training_spec(ctx.cfg.train), "seed": ctx.cfg.seed})
+                        "train": training_spec(ctx.cfg.train), "seed": ctx.cfg.seed},
+    check=check)

@@ -16,8 +16,9 @@ from less import distributed
 from less.cache import Artifact, to_plain, write_json_atomic
 from less.checkpoints import CHECKPOINT_META
 from less.data.formats import encode_examples, read_examples, write_jsonl
-from less.errors import DataError
+from less.errors import ConfigError, DataError, require
 from less.graph import Context, Inputs, Stage
+from less.models import DTYPES as MODEL_DTYPES
 from less.models import load_model, load_tokenizer, lora_config, model_spec
 from less.results import Cost
 from less.stages.model import source
@@ -159,6 +160,68 @@ def track_curve(prefix: str, record: str):
     return track
 
 
+def _check_deepspeed(name: str, ds_cfg) -> None:
+    """A DeepSpeed config the pipeline can use: for target training only (the datastore needs the
+    warmup's Adam moments per parameter, which ZeRO keeps flattened), and under ZeRO-3 with the
+    16-bit weights gathered at save (else the trained model is saved empty)."""
+    from omegaconf import OmegaConf
+
+    require(name == "train", "warmup.deepspeed: not supported (the datastore reads the warmup's Adam moments per "
+                             "parameter; ZeRO keeps them flattened): use warmup.fsdp")
+    if isinstance(ds_cfg, str):
+        path = Path(ds_cfg).expanduser()
+        require(path.is_file(), f"train.deepspeed={ds_cfg}: no such file")
+        try:
+            conf = json.loads(path.read_text())
+        except ValueError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e}) (set by train.deepspeed)") from None
+    else:
+        conf = OmegaConf.to_container(ds_cfg, resolve=True)
+    zero = conf.get("zero_optimization") or {}
+    require(zero.get("stage") != 3 or zero.get("stage3_gather_16bit_weights_on_model_save") is True,
+            "train.deepspeed: ZeRO stage 3 needs zero_optimization.stage3_gather_16bit_weights_on_model_save: true "
+            "(else the trained model is saved without its weights)")
+
+
+def check_training(cfg: DictConfig, name: str) -> None:
+    """The settings of one Trainer run, ``warmup`` or ``train``."""
+    node = cfg[name]
+    require(0 <= node.warmup_ratio < 1, f"{name}.warmup_ratio must be in [0, 1), got {node.warmup_ratio}")
+    require(node.loss in ("example_mean", "token_mean"),
+            f"{name}.loss must be example_mean or token_mean, got {node.loss!r}")
+    require(node.get("dtype") in MODEL_DTYPES, f"{name}.dtype must be one of {sorted(MODEL_DTYPES)}, got {node.get('dtype')!r}")
+    require(isinstance(node.get("fsdp", False), bool), f"{name}.fsdp must be true or false, got {node.get('fsdp')!r}")
+    require(node.get("fsdp_config") is None or isinstance(node.get("fsdp_config"), DictConfig),
+            f"{name}.fsdp_config must be a mapping of transformers' fsdp_config keys, got {node.get('fsdp_config')!r}")
+    ds_cfg = node.get("deepspeed")
+    require(ds_cfg is None or isinstance(ds_cfg, (str, DictConfig)),
+            f"{name}.deepspeed must be a JSON file path or a mapping, got {ds_cfg!r}")
+    require(not (node.get("fsdp") and ds_cfg), f"{name}.fsdp and {name}.deepspeed are both set; choose one")
+    state_dict = (node.get("fsdp_config") or {}).get("state_dict_type", "FULL_STATE_DICT")
+    require(not node.get("fsdp") or state_dict == "FULL_STATE_DICT",
+            f"{name}.fsdp_config.state_dict_type={state_dict}: the model (or adapter) must be saved whole for "
+            "the next stages to load it; use FULL_STATE_DICT")
+    if ds_cfg:
+        _check_deepspeed(name, ds_cfg)
+    per_update = node.per_device_batch_size * distributed.world()
+    require(node.batch_size % per_update == 0,
+            f"{name}.batch_size ({node.batch_size}) is not a multiple of {name}.per_device_batch_size "
+            f"({node.per_device_batch_size}) x {distributed.world()} processes")
+    if (node.get("fsdp") or ds_cfg) and name in cfg.stages and not cfg.plan:
+        import torch
+
+        require(torch.cuda.is_available() and cfg.device != "cpu",
+                f"{name}.{'fsdp' if node.get('fsdp') else 'deepspeed'} needs GPUs (accelerate would run plain "
+                "DDP on CPU); launch with torchrun on a GPU node, or unset it")
+
+
+def check_warmup(cfg: DictConfig) -> None:
+    w = cfg.warmup
+    require(0 < w.fraction <= 1, f"warmup.fraction must be in (0, 1], got {w.fraction}")
+    require(w.epochs >= 1, f"warmup.epochs must be >= 1, got {w.epochs}")
+    check_training(cfg, "warmup")
+
+
 WARMUP = Stage(
     "warmup", step="warmup", build=build_warmup, ranks="all", report=_report, track=track_curve("warmup", "warmup.json"),
     summary=training_summary("warmup"), accounting=training_accounting("warmup", "warmup.json"),
@@ -167,7 +230,7 @@ WARMUP = Stage(
     inputs=lambda ctx: {"pool": "pool", "selector": "selector"},
     config=lambda ctx: {"selector": model_spec(ctx.selector), "chat_format": ctx.cfg.chat_format,
                         "warmup": training_spec(ctx.cfg.warmup), "seed": ctx.cfg.seed},
-    applies=needs_warmup)
+    applies=needs_warmup, check=check_warmup)
 
 INIT_ADAPTER = Stage(
     "init_adapter", step="datastore", build=build_init_adapter,
