@@ -1,6 +1,6 @@
 """``model=small`` (less.small_model): a small Llama with a SentencePiece tokenizer pretrained here on
 the instruction pools under data.root. The tests build a miniature of it (a few steps, a few
-hundred texts); the real one takes minutes (README, The small model)."""
+hundred texts); the real one takes minutes (docs/small-model.md)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ The model is looked up (never built: that takes ~11 minutes on 2 cores) under it
 conftest points at ``../shared/cache`` beside the checkout). A copy there built before keys named
 data by content (its key names ``data.root`` by path) is used as a plain Hugging Face checkpoint
 when ``less.rekey`` finds that it is the same recipe on the same data, i.e. when
-``python -m less.cache rekey`` would move it to today's key. Without either, these tests skip and
+``python -m less.cache_cli rekey`` would move it to today's key. Without either, these tests skip and
 say how to build it.
 """
 
