@@ -517,7 +517,7 @@ def cmd_rekey(view: CacheView, args) -> tuple[list[str], bool]:
         if not sep or not old or not new:
             raise UsageError(f"--path {p}: expected OLD=NEW (what lay under OLD now lies under NEW)")
         paths.append((old, new))
-    moves = plan(view.cache, paths)
+    moves = plan({(e.kind, e.key): e.spec for e in view.entries if e.spec is not None and not e.link}, paths)
     if not moves:
         return ["nothing to re-key: every artifact's key names its data by content"], True
     if args.yes:

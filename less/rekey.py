@@ -18,7 +18,6 @@ not re-keyed (they are cheap to recompute).
 from __future__ import annotations
 
 import copy
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,19 +135,10 @@ class Upgrade:
         return {**cfg, "data": self.data(cfg["data"], patterns)}
 
 
-def plan(cache: Cache, paths: list[tuple[str, str]]) -> list[Move]:
-    """What re-keying the writable root would do, inputs before the artifacts built from them."""
-    specs: dict[tuple[str, str], dict[str, Any]] = {}
-    for kind_dir in sorted(cache.root.iterdir()):
-        if not kind_dir.is_dir() or kind_dir.name.startswith((".", "_")):
-            continue
-        for d in sorted(kind_dir.iterdir()):
-            if d.name.startswith(".") or not d.is_dir() or d.is_symlink():
-                continue
-            try:
-                specs[(kind_dir.name, d.name)] = json.loads((d / KEY_FILE).read_text())["spec"]
-            except (OSError, ValueError, KeyError):
-                continue
+def plan(specs: dict[tuple[str, str], dict[str, Any]], paths: list[tuple[str, str]]) -> list[Move]:
+    """What re-keying would do to the artifacts ``specs`` ({(kind, key): the spec in its
+    key.json}: those of a cache's writable root), inputs before the artifacts built from them."""
+    owners = {key: (kind, key) for kind, key in specs}
     up, new_key, moves = Upgrade(paths), {}, []
 
     def visit(kind: str, key: str) -> str | None:
@@ -158,8 +148,7 @@ def plan(cache: Cache, paths: list[tuple[str, str]]) -> list[Move]:
         spec = specs[(kind, key)]
         inputs = {}
         for role, k in spec.get("inputs", {}).items():
-            owner = next((kk for kk in specs if kk[1] == k), None)
-            inputs[role] = visit(*owner) if owner else k
+            inputs[role] = visit(*owners[k]) if k in owners else k
         try:
             config = up.config(kind, spec["config"]) if path_named(spec["config"]) else spec["config"]
         except Unverifiable as e:
