@@ -21,7 +21,7 @@ from tests.conftest import ROOT
 
 LAYERS = {
     0: ["less", "less.cache", "less.errors", "less.paths", "less.distributed", "less.faults", "less.registry",
-        "less.identity", "less.seeding"],
+        "less.identity", "less.seeding", "less.stats"],
     1: ["less.data", "less.gradients", "less.selection", "less.evaluation", "less.models", "less.training",
         "less.tracking", "less.results", "less.small_model", "less.sp_tokenizer", "less.checkpoints",
         "less.claims", "less.rekey", "less.help", "less.resolvers", "analysis"],
