@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from less.errors import ConfigError
+from less.evaluation import target_loss
 from less.evaluation.tasks import build_tasks, registered
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,38 @@ def task_manager(paths: list[str], names: list[str]):
     return TaskManager(include_path=paths or None)
 
 
+def target_losses(lm, manager, built, plain: list[str], e: DictConfig, seed: int) -> list[dict[str, Any]]:
+    """Per-example target losses (less.evaluation.target_loss) of every task evaluated, each row
+    naming its user-facing task and subtask as ``flatten`` names them."""
+    where: dict[str, tuple[str, str]] = {}
+    tasks: dict[str, Any] = {}
+    for b in built:
+        loaded = manager.load([b.group])["tasks"]
+        for name, task in loaded.items():
+            where[name] = (b.name, b.subtasks.get(name, name))
+            tasks[name] = task
+    for t in plain:
+        for name, task in manager.load([t])["tasks"].items():
+            where[name] = (t, name)
+            tasks[name] = task
+    return target_loss.evaluate(lm, tasks, where, e.limit, e.num_fewshot, seed)
+
+
+def write_examples(path: Path, examples: list[dict[str, Any]], samples: dict[str, list[dict[str, Any]]]) -> None:
+    """One line per evaluated example: its id (task, subtask, doc_id), the digest of its prompt and
+    answer, its target loss and lm-eval's per-example metrics (``metrics``; {} without accuracy)."""
+    per_doc: dict[tuple[str, int], dict[str, float]] = {}
+    for lm_task, rows in samples.items():
+        for s in rows:
+            suffix = "" if s.get("filter", "none") == "none" else f"_{s['filter']}"
+            per_doc.setdefault((lm_task, s["doc_id"]), {}).update(
+                {f"{m}{suffix}": s[m] for m in s.get("metrics", []) if isinstance(s.get(m), (int, float))})
+    with open(path, "w", encoding="utf-8") as fh:
+        for r in examples:
+            row = {k: v for k, v in r.items() if k != "lm_task"}
+            fh.write(json.dumps({**row, "metrics": per_doc.get((r["lm_task"], r["doc_id"]), {})}) + "\n")
+
+
 def evaluate(cfg: DictConfig, out: Path, device: torch.device, base: str | None, target_dir: Path | None,
              train_dir: Path | None) -> dict[str, Any]:
     import lm_eval
@@ -135,17 +168,31 @@ def evaluate(cfg: DictConfig, out: Path, device: torch.device, base: str | None,
     names = [b.group for b in built] + plain
     manager = task_manager([str(task_dir)] * task_dir.is_dir() + [*map(str, e.include_paths)], names)
     lm = make_lm(cfg, base, adapter, tokenizer, device)
-    res = lm_eval.simple_evaluate(
-        model=lm, tasks=names, num_fewshot=e.num_fewshot, limit=e.limit, task_manager=manager,
-        log_samples=bool(e.log_samples), gen_kwargs=f"max_gen_toks={e.max_gen_toks}" if e.max_gen_toks else None,
-        random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed)
-    metrics = flatten(res, built, plain)
-    if e.log_samples:
-        (out / "samples").mkdir()
-        for task, samples in res.get("samples", {}).items():
-            with open(out / "samples" / f"{task}.jsonl", "w", encoding="utf-8") as fh:
-                for s in samples:
-                    fh.write(json.dumps(s, ensure_ascii=False, default=str) + "\n")
+    metrics: dict[str, Any] = {}
+    samples: dict[str, list[dict[str, Any]]] = {}
+    if e.accuracy:
+        res = lm_eval.simple_evaluate(
+            model=lm, tasks=names, num_fewshot=e.num_fewshot, limit=e.limit, task_manager=manager, log_samples=True,
+            gen_kwargs=f"max_gen_toks={e.max_gen_toks}" if e.max_gen_toks else None,
+            random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed)
+        metrics = flatten(res, built, plain)
+        samples = res.get("samples", {})
+        if e.log_samples:
+            (out / "samples").mkdir()
+            for task, rows in samples.items():
+                with open(out / "samples" / f"{task}.jsonl", "w", encoding="utf-8") as fh:
+                    for s in rows:
+                        fh.write(json.dumps(s, ensure_ascii=False, default=str) + "\n")
+    examples: list[dict[str, Any]] = []
+    if e.target_loss:
+        examples = target_losses(lm, manager, built, plain, e, cfg.seed)
+        for task, tl in target_loss.summarize(examples).items():
+            entry = metrics.setdefault(task, {})
+            subs = tl.pop("subtasks")
+            entry.update(tl)
+            for label, m in subs.items() if list(subs) != [task] else ():  # a task without subtasks
+                entry.setdefault("subtasks", {}).setdefault(label, {}).update(m)
+    write_examples(out / "examples.jsonl", examples, samples)
     (out / "model.json").write_text(json.dumps({"model": base, "adapter": adapter, "backend": e.backend}, indent=2))
     # what results.json and W&B record beside the metrics, e.g. tydiqa_shot_source
     (out / "info.json").write_text(json.dumps({f"{b.name}_{k}": v for b in built for k, v in b.info.items()},

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from less.data.formats import read_csv, read_json, read_text
 from less.data.locate import data_root, find
@@ -74,7 +74,7 @@ class Built:
     name: str
     group: str
     subtasks: dict[str, str] = field(default_factory=dict)  # lm-eval task -> subtask label
-    info: dict[str, str] = field(default_factory=dict)      # what else results.json records, e.g. shot_source
+    info: dict[str, Any] = field(default_factory=dict)      # what else results.json records, e.g. shot_source
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
@@ -104,35 +104,107 @@ def _csv_rows(path: Path) -> list[list[str]]:
     return rows
 
 
-def build_mmlu(root: Path, out: Path, protocol: str) -> Built:
+MMLU_SHOTS = 5                 # the reference's --ntrain
+MMLU_MAX_PROMPT_TOKENS = 2048  # the reference's constant (eval/mmlu/run_eval.py)
+
+
+def mmlu_description(subject: str) -> str:
+    """open-instruct's ``gen_prompt`` header: the subject's words each after a space, so "about  anatomy"."""
+    return ("The following are multiple choice questions (with answers) about "
+            f"{''.join(' ' + w for w in subject.split('_'))}.\n\n")
+
+
+def mmlu_example(row: dict[str, Any], answer: bool) -> str:
+    """open-instruct's ``format_example``: the question unstripped, the 4 choices, ``Answer:`` and,
+    for a demo, `` {letter}\n\n``."""
+    text = row["question"] + "".join(f"\n{c}. {x}" for c, x in zip("ABCD", row["choices"])) + "\nAnswer:"
+    return text + f" {'ABCD'[row['answer']]}\n\n" if answer else text
+
+
+def _n_tokens(tokenizer, texts: list[str]) -> list[int]:
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]]
+
+
+def mmlu_prompts(subject: str, dev: list[dict], test: list[dict], shots: int, tokenizer=None,
+                 max_tokens: int | None = MMLU_MAX_PROMPT_TOKENS) -> list[tuple[str, int, int | None]]:
+    """(prompt, number of demos, its length in tokens) for each ``test`` row in order, as the
+    reference's ``eval_hf_model`` builds them: the description, the first ``k`` dev questions with
+    their answers, the question; ``k`` starts at ``shots`` and, while the prompt (tokenized without
+    special tokens) is longer than ``max_tokens``, the last demo is dropped. As there, ``k`` is not reset between questions:
+    a subject's questions after a shortened one start from the reduced count. A prompt still too
+    long without demos is kept as it is (the reference would loop forever). ``tokenizer`` or
+    ``max_tokens`` None: every prompt gets ``shots`` demos (and no length)."""
+    head = mmlu_description(subject)
+    demos = [mmlu_example(r, True) for r in dev[:shots]]
+    questions = [mmlu_example(r, False) for r in test]
+
+    def prompt(i: int, k: int) -> str:
+        return head + "".join(demos[:k]) + questions[i]
+
+    if tokenizer is None or max_tokens is None:
+        return [(prompt(i, shots), shots, None) for i in range(len(test))]
+    lengths: dict[int, tuple[int, list[int]]] = {}  # k -> (first row, token counts from there): one batch per k
+    out, k = [], shots
+    for i in range(len(test)):
+        while True:
+            if k not in lengths:
+                lengths[k] = (i, _n_tokens(tokenizer, [prompt(j, k) for j in range(i, len(test))]))
+            first, counts = lengths[k]
+            if counts[i - first] <= max_tokens or k == 0:
+                break
+            k -= 1
+        out.append((prompt(i, k), k, counts[i - first]))
+    return out
+
+
+def build_mmlu(root: Path, out: Path, protocol: str, tokenizer=None, shots: int | None = None,
+               max_prompt_tokens: int | None = MMLU_MAX_PROMPT_TOKENS) -> Built:
+    """57 per-subject tasks. ``protocol=lm_eval``: lm-eval's MMLU template, its few-shot context.
+    ``protocol=paper``: each test row's whole prompt is built here (``mmlu_prompts``: ``shots``
+    demos, 5 when None, fewer where the prompt would exceed ``max_prompt_tokens`` of ``tokenizer``)
+    and stored in the row (``prompt``, ``n_shots``); the task reads it with ``num_fewshot: 0``, so
+    lm-eval adds no demos of its own (it ignores a ``num_fewshot`` override for such tasks)."""
     test_dir = find(root, ["mmlu/test", "eval/mmlu/test", "data/eval/mmlu/test"], "MMLU test CSVs")
     dev_dir = find(root, ["mmlu/dev", "eval/mmlu/dev", "data/eval/mmlu/dev"], "MMLU dev CSVs")
     template = lm_eval_tasks_dir() / "mmlu" / "default" / "_default_template_yaml"
     built = Built("mmlu", "less_mmlu")
+    shots = MMLU_SHOTS if shots is None else shots
+    shortened, over = 0, 0
     for f in sorted(test_dir.glob("*_test.csv")):
         subject = f.name.removesuffix("_test.csv")
-        files = {}
+        rows = {}
         for split, src in (("test", f), ("dev", dev_dir / f"{subject}_dev.csv")):
             if not src.is_file():
                 raise DataError(f"{src}: MMLU file not found (set by data.root)")
-            rows = [{"question": r[0], "subject": subject, "choices": r[1:5], "answer": "ABCD".index(r[5].strip())}
-                    for r in _csv_rows(src)]
-            files[split] = _write_jsonl(out / f"mmlu_{subject}_{split}.jsonl", rows)
+            rows[split] = [{"question": r[0], "subject": subject, "choices": r[1:5],
+                            "answer": "ABCD".index(r[5].strip())} for r in _csv_rows(src)]
+        if protocol == "paper":
+            if shots > len(rows["dev"]):
+                raise ConfigError(f"eval.num_fewshot={shots} but {dev_dir / f'{subject}_dev.csv'} has "
+                                  f"{len(rows['dev'])} dev questions")
+            for r, (prompt, k, n) in zip(rows["test"], mmlu_prompts(subject, rows["dev"], rows["test"], shots,
+                                                                     tokenizer, max_prompt_tokens)):
+                r["prompt"], r["n_shots"] = prompt, k
+                shortened += k < shots
+                over += n is not None and n > max_prompt_tokens  # without demos and still too long
+        files = {split: _write_jsonl(out / f"mmlu_{subject}_{split}.jsonl", rows[split]) for split in ("test", "dev")}
         task = f"less_mmlu_{subject}"
         cfg = {"include": str(template), "task": task, "task_alias": subject, "dataset_path": "json",
                "dataset_name": None, "dataset_kwargs": {"data_files": files},
                "description": "The following are multiple choice questions (with answers) about "
                               f"{subject.replace('_', ' ')}.\n\n"}
-        if protocol == "paper":
-            # open-instruct: " ".join-with-leading-space subject (a double space), question unstripped
-            cfg["description"] = ("The following are multiple choice questions (with answers) about "
-                                  f"{''.join(' ' + w for w in subject.split('_'))}.\n\n")
-            cfg["doc_to_text"] = "{{question}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\nD. {{choices[3]}}\nAnswer:"
-            cfg["num_fewshot"] = 5
+        if protocol == "paper":  # the description and demos are in the prompt; choices, target, acc: the template's
+            del cfg["description"]
+            cfg["doc_to_text"] = "{{prompt}}"
+            cfg["num_fewshot"] = 0
         _yaml(out / f"{task}.yaml", cfg)
         built.subtasks[task] = subject
     if not built.subtasks:
         raise DataError(f"{test_dir}: no *_test.csv files (set by data.root)")
+    if protocol == "paper":  # results.json: eval.mmlu_prompts_shortened (of all test questions, eval.limit or not)
+        built.info["prompts_shortened"] = shortened
+        if over:
+            built.info["prompts_over_limit"] = over
     _group(out / "less_mmlu.yaml", "less_mmlu", list(built.subtasks), "acc", weight_by_size=True)  # micro average
     return built
 
@@ -320,6 +392,9 @@ def build_bbh(root: Path, out: Path, protocol: str, per_task: int | None) -> Bui
         task_prompt = "".join(read_text(prompt_file).split("\n", 2)[2:]).strip()
         for r in rows:  # the reference's non-chat prompt: 3 CoT exemplars, then the question
             r["prompt"] = task_prompt + "\n\nQ: " + r["input"] + "\nA:"
+            # one of the CoT exemplars (D_val) itself: scored for accuracy as the reference does,
+            # left out of the target loss (held-out items only; none in the released BBH files)
+            r["in_dval"] = f"Q: {r['input']}\nA:" in task_prompt
         data = _write_jsonl(out / f"bbh_{name}.jsonl", rows)
         task = f"less_bbh_{name}"
         if protocol == "paper":
@@ -346,7 +421,15 @@ def build_bbh(root: Path, out: Path, protocol: str, per_task: int | None) -> Bui
 
 @eval_task("mmlu", reads=lambda e: ["mmlu/test", "mmlu/dev", "eval/mmlu", "data/eval/mmlu"])
 def _mmlu(root: Path, out: Path, e: DictConfig, tokenizer) -> Built:
-    return build_mmlu(root, out, e.protocol)
+    """``eval.num_fewshot`` (when set) is the number of demos the paper protocol's prompts start from;
+    ``eval.mmlu.max_prompt_tokens`` the length over which demos are dropped (null: never)."""
+    limit = OmegaConf.select(e, "mmlu.max_prompt_tokens", default=MMLU_MAX_PROMPT_TOKENS)
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ConfigError(f"eval.mmlu.max_prompt_tokens must be a positive integer or null, got {limit!r}")
+    shots = e.get("num_fewshot")
+    if shots is not None and (not isinstance(shots, int) or isinstance(shots, bool) or shots < 0):
+        raise ConfigError(f"eval.num_fewshot must be a non-negative integer or null, got {shots!r}")
+    return build_mmlu(root, out, e.protocol, tokenizer, shots, limit)
 
 
 @eval_task("tydiqa", reads=lambda e: TYDIQA_DEV + TYDIQA_DVAL + ([] if e.tydiqa.train_file else TYDIQA_TRAIN))

@@ -86,9 +86,10 @@ def _report(key: str):
     def report(ctx: Context, art) -> dict[str, Any]:
         """<key>.<task>.<metric>, <key>.<task>.subtasks.<name>.<metric>, and strings such as
         <key>.tydiqa_shot_source (where the TyDiQA one-shot demos came from); key: eval or eval_base."""
-        info = art.dir / "info.json"
+        info, examples = art.dir / "info.json", art.dir / "examples.jsonl"
         return {key: {**json.loads((art.dir / "metrics.json").read_text()),
-                      **(json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {})}}
+                      **(json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {})},
+                **({"examples": {key: str(examples)}} if examples.is_file() else {})}
     return report
 
 
@@ -122,12 +123,14 @@ def _summary(key: str, label: str):
 def check(cfg: DictConfig) -> None:
     """``eval.*``; with eval in ``stages``, what it will read (before hours of training, not at the end)."""
     e = cfg.eval
+    require(bool(e.accuracy) or bool(e.target_loss), "eval.accuracy and eval.target_loss are both false: nothing to evaluate")
     require(e.protocol in ("paper", "lm_eval"), f"eval.protocol must be paper or lm_eval, got {e.protocol!r}")
     require(e.backend in ("hf", "vllm"), f"eval.backend must be hf or vllm, got {e.backend!r}")
     require(not e.adapter or (e.model and e.model != "base"), "eval.adapter needs eval.model (the adapter's base)")
     require(e.tydiqa.shot_source in SHOT_SOURCES,
             f"eval.tydiqa.shot_source must be train or dval, got {e.tydiqa.shot_source!r}")
-    for key, n in (("eval.tydiqa.per_language", e.tydiqa.per_language), ("eval.bbh.per_task", e.bbh.per_task)):
+    for key, n in (("eval.tydiqa.per_language", e.tydiqa.per_language), ("eval.bbh.per_task", e.bbh.per_task),
+                   ("eval.mmlu.max_prompt_tokens", e.mmlu.max_prompt_tokens)):
         require(n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 1),
                 f"{key} must be a positive integer or null (all), got {n!r}")
     if "eval" in cfg.stages:
@@ -141,7 +144,7 @@ def _stage(name: str, base: bool, applies=always, check=None) -> Stage:
     return Stage(name, kind="eval", step="eval", build=_build(base), inputs=_inputs(base), config=_config(base),
                  report=_report(name), track=_track(name), applies=applies, wandb_type="evaluation",
                  summary=_summary(name, " (base model)" if base else ""),
-                 wandb_files=("metrics.json", "info.json", "samples"), check=check)
+                 wandb_files=("metrics.json", "info.json", "examples.jsonl", "samples"), check=check)
 
 
 EVAL = _stage("eval", base=False, check=check)
