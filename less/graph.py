@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from less.selection.registry import Method
 
 # The steps a user names in ``cfg.stages``, in pipeline order.
-STEPS = ("prepare", "warmup", "datastore", "select", "train", "eval")
+STEPS = ("prepare", "warmup", "datastore", "select", "train", "eval", "validate")
 # The steps that use a selection: W&B names a job running one of them by its selection method.
 SELECTION_STEPS = STEPS[STEPS.index("select"):]
 
@@ -53,14 +53,18 @@ class Context:
     """What a stage's functions see: the config, the cache, the device and the output directory;
     from the runner, ``artifact(name)``: where another stage's artifact is (built or not),
     ``artifact_for(cfg, name)``: where it is under another config (keys only), ``got(name)``: what
-    this run got of it (None: nothing, or incomplete) and ``get(name)``: get it (built if needed)."""
+    this run got of it (None: nothing, or incomplete), ``get(name)``: get it (built if needed) and
+    ``get_for(cfg, name)``: get it under another config (built if needed, e.g. the trainings of
+    the validation subsets)."""
 
     def __init__(self, cfg: DictConfig, cache: Cache, out_dir: Path, artifact: Callable[[str], Artifact],
                  artifact_for: Callable[[DictConfig, str], Artifact] | None = None,
                  got: Callable[[str], Artifact | None] | None = None,
-                 get: Callable[[str], Artifact | None] | None = None):
+                 get: Callable[[str], Artifact | None] | None = None,
+                 get_for: Callable[[DictConfig, str], Artifact | None] | None = None):
         self.cfg, self.cache, self.out_dir = cfg, cache, out_dir
         self.artifact, self.artifact_for, self.got, self.get = artifact, artifact_for, got, get
+        self.get_for = get_for
         self._device = None
         from less.tracking import NullTracker
 

@@ -104,6 +104,8 @@ def finish(r: Runner) -> None:
     res["config"] = {"name": c.name, "model": c.model.name, "selector": r.ctx.selector.name,
                      "pool": c.pool.name, "target": c.target.name, "stages": list(c.stages)}
     res["wandb"] = {"mode": t.mode, "dir": t.dir}
+    if c.logger.name == "wandb":  # where analysis --wandb-log and wandb-workspace find the runs
+        res["wandb"].update(project=c.logger.get("project"), entity=c.logger.get("entity"))
     if t.id is not None:
         res["wandb"]["id"] = t.id
     if t.skipped is not None:  # this configuration's run finished earlier: not logged again

@@ -47,7 +47,8 @@ class Runner:
         self.graph = {s.name: s for s in graph}
         self._specs: dict[str, dict[str, Any]] = {}
         self.got: dict[str, Artifact | None] = {}
-        self.ctx = Context(cfg, self.cache, self.out_dir, self.lookup, self.lookup_for, self.got.get, self.get)
+        self.ctx = Context(cfg, self.cache, self.out_dir, self.lookup, self.lookup_for, self.got.get, self.get,
+                           self.get_for)
         self.incomplete: dict[str, dict[str, Any]] = {}
         self.rows_computed: dict[str, dict[str, Any]] = {}
         self.results: dict[str, Any] = {"stages": {}, "artifacts": {}}
@@ -79,6 +80,11 @@ class Runner:
     def lookup_for(self, cfg: DictConfig, name: str) -> Artifact:
         """Where stage ``name``'s artifact is under another config (nothing built)."""
         return Runner(cfg, self.out_dir, tuple(self.graph.values()), check=False).lookup(name)
+
+    def get_for(self, cfg: DictConfig, name: str) -> Artifact | None:
+        """Stage ``name``'s artifact under another config, cached or built (inputs first) as this
+        run would build it; in this process, outside this run's results."""
+        return Runner(cfg, self.out_dir, tuple(self.graph.values()), check=False).get(name)
 
     def wanted(self, name: str) -> bool:
         """Whether this run may build stage ``name``."""

@@ -7,7 +7,8 @@
 
 ``needs`` says which artifact the runner must provide: ``"gradients"`` (the LESS datastore in
 ``req.datastore``), ``"representations"`` (the selector's hidden states in ``req.representations``)
-or ``"nothing"``. ``target_free=True`` means the scores ignore the target, so one selection (and
+or ``"nothing"``. ``scored=False`` says the scores rank nothing (``full``: it keeps every example), so the method
+has no LDS. ``target_free=True`` means the scores ignore the target, so one selection (and
 the model trained on it) serves every target. ``check(cfg)`` validates the method's own settings
 up front (raise ``ConfigError`` naming the key).
 
@@ -67,6 +68,7 @@ class Method:
     needs: str = "nothing"
     target_free: bool = False
     check: Callable[[DictConfig], None] | None = None
+    scored: bool = True  # False: its scores say nothing (full), so it has no LDS (less.stages.validate)
 
 
 METHODS: Registry[Method] = Registry("selection method", "selection.method", "less.selection", "less.selection_methods")
@@ -79,10 +81,10 @@ def register(m: Method) -> Method:
 
 
 def method(name: str, *, needs: str = "nothing", target_free: bool = False,
-           check: Callable[[DictConfig], None] | None = None):
+           check: Callable[[DictConfig], None] | None = None, scored: bool = True):
     """Decorator: register ``fn(req) -> scores`` as selection method ``name``."""
     def deco(fn):
-        register(Method(name, fn, needs, target_free, check))
+        register(Method(name, fn, needs, target_free, check, scored))
         return fn
     return deco
 

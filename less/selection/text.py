@@ -129,7 +129,7 @@ def random_method(req: Request) -> np.ndarray:
     return random_scores(len(req.pool), req.seed)
 
 
-@method("full", target_free=True)
+@method("full", target_free=True, scored=False)
 def full_method(req: Request) -> Scored:
     return Scored(np.zeros(len(req.pool)), n_selected=len(req.pool))
 

@@ -5,7 +5,8 @@
     datastore: init_adapter (no-warmup ablation), pool_features, target_features, datastore
     select:    representations (rds, kcenter), select
     train:     train
-    eval:      eval
+    eval:      eval_base, eval
+    validate:  validation_subsets (M random subsets, each trained and evaluated), lds
     no step:   selector, model (tiny models: built by whichever stage first needs them),
                token_counts (the run's accounting, whenever the run has the pool)
 """
@@ -19,7 +20,8 @@ from less.stages.representations import REPRESENTATIONS
 from less.stages.select import SELECT
 from less.stages.token_counts import TOKEN_COUNTS
 from less.stages.train import TRAIN
+from less.stages.validate import LDS, VALIDATION_SUBSETS
 from less.stages.warmup import INIT_ADAPTER, WARMUP
 
 GRAPH = (SELECTOR, MODEL, TARGET, POOL, WARMUP, INIT_ADAPTER, POOL_FEATURES, TARGET_FEATURES, DATASTORE,
-         REPRESENTATIONS, SELECT, TRAIN, EVAL_BASE, EVAL, TOKEN_COUNTS)
+         REPRESENTATIONS, SELECT, TRAIN, EVAL_BASE, EVAL, VALIDATION_SUBSETS, LDS, TOKEN_COUNTS)
