@@ -18,7 +18,11 @@ Columns:
 - The results, flattened with dots: ``eval.<task>.<metric>`` (with ``<metric>_stderr``, and
   ``eval.<task>.subtasks.<name>.<metric>``), ``selection.*`` (``target_share``, ``base_share``,
   ``jaccard_vs_less``, ``n_selected``, ``by_source.<source>``, ``selected`` (path of the
-  selection), ...), ``train.*`` (``train_loss``, ...), ``warmup.*``, ``data.*``, ``accounting.*``.
+  selection), ...), ``train.*`` (``train_loss``, ...), ``warmup.*``, ``data.*``, ``accounting.*``,
+  ``eval.<task>.target_loss`` (with ``eval_base.*`` the same for the untrained model),
+  ``examples.eval`` / ``examples.eval_base`` (the path of the run's per-example results, which
+  ``analysis.paired`` reads) and, for ``experiment=validate``, ``validate.*`` (``lds``, ``ci_low``,
+  ``ci_high``, ``subsets``, ``alpha``, ``method``, ``task``, ``by_task.<task>.lds``, ...).
   Lists (e.g. ``selection.checkpoints``) and the bookkeeping sections (``stages``, ``artifacts``,
   ``wandb``, ``config``, ``warnings``) are left out.
 

@@ -7,6 +7,11 @@
 - ``transfer_matrix.<metric>.png``: selector model x trained model, mean over the LESS runs.
 - ``selection_overlap.png``: Jaccard overlap of the selections of the first seed's runs.
 - ``composition_by_source.png``: each group's mean share of its selection per pool source.
+- ``lds.png`` (:func:`lds_figure`, from lds.csv): each method's LDS with its 95% bootstrap interval
+  over the validation subsets.
+- ``selection_curve.<task>.png`` (:func:`selection_curve_figure`, from selection_curve.csv): the
+  target loss vs the selection fraction per method (log x; mean ± std over seeds; the reference
+  method dashed) and, beside it, the paired Δ vs the reference with its interval over examples.
 
 Each ``*_figure`` function returns the matplotlib Figure (or None when there is nothing to draw);
 :func:`curve_data` is what ``metric_vs`` draws. Values are in the table's display units.
@@ -25,6 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import NullLocator  # noqa: E402
 
 from analysis.tables import (fmt_value, groups, in_display_units, label, resolve_by,  # noqa: E402
                              resolve_metrics)
@@ -160,4 +166,88 @@ def all_plots(df: pd.DataFrame, out: Path, metrics: Sequence[str] | None = None,
             made.append((metric_vs_figure(df, m, axis, by), f"metric_vs_{axis}.{slug}.png"))
         made.append((transfer_matrix_figure(df, m), f"transfer_matrix.{slug}.png"))
     made += [(overlap_figure(df, by), "selection_overlap.png"), (composition_figure(df, by), "composition_by_source.png")]
+    return [_save(fig, out / name) for fig, name in made if fig is not None]
+
+
+def lds_figure(lds: pd.DataFrame) -> Figure | None:
+    """LDS per method (lds.csv) as points with their 95% bootstrap interval over subsets."""
+    if lds.empty:
+        return None
+    settings = [c for c in lds.columns if c not in ("method", "task", "lds", "stderr", "ci_low", "ci_high", "subsets",
+                                                    "alpha", "n_runs", "seeds")]
+    per_seed = lds.duplicated([c for c in ("method", "task", *settings) if c in lds], keep=False)
+    names = [", ".join([str(r["method"]), *(f"{c}={fmt_value(r[c])}" for c in settings if pd.notna(r[c])),
+                        *([f"seed {r['seeds']}"] if dup else [])]) for (_, r), dup in zip(lds.iterrows(), per_seed)]
+    y = lds["lds"].to_numpy(float)
+    lo = np.clip(y - lds["ci_low"].to_numpy(float), 0, None)
+    hi = np.clip(lds["ci_high"].to_numpy(float) - y, 0, None)
+    fig, ax = plt.subplots(figsize=(3 + 0.6 * len(lds), 3.8))
+    ax.errorbar(range(len(lds)), y, yerr=[np.nan_to_num(lo), np.nan_to_num(hi)], fmt="o", capsize=4)
+    ax.axhline(0, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(range(len(lds)), names, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("LDS (Spearman)")
+    m = ", ".join(sorted({fmt_value(v) for v in lds["subsets"]}))
+    a = ", ".join(sorted({fmt_value(v) for v in lds["alpha"]}))
+    tasks = ", ".join(sorted({str(t) for t in lds["task"] if pd.notna(t)}))
+    ax.set_title(f"LDS{f' ({tasks})' if tasks else ''}: M = {m} subsets, alpha = {a}\n"
+                 "error bars: 95% bootstrap interval over subsets", fontsize=7)
+    return fig
+
+
+def selection_curve_figure(curve: pd.DataFrame, task: str) -> Figure | None:
+    """Target loss vs selection fraction per method (mean ± std over seeds; the reference dashed),
+    log x; beside it, when there are paired results, the Δ vs the reference with its interval."""
+    data = curve[curve["task"] == task]
+    if data.empty:
+        return None
+    settings = [c for c in curve.columns if c not in SELECTION_CURVE_VALUES]
+    ref = str(data["reference"].iloc[0])
+    has_delta = data["delta"].notna().any()
+    fig, axes = plt.subplots(1, 2 if has_delta else 1, figsize=(10 if has_delta else 5.5, 3.8), squeeze=False)
+    keys = [*settings, "method"]
+    for key, line in data.groupby(keys, sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        name = line_label(keys, key) if settings else str(key[-1])
+        line = line.sort_values("fraction")
+        dashed = line["method"].iloc[0] == ref
+        x = line["fraction"].to_numpy(float)
+        axes[0, 0].errorbar(x, line["target_loss"].to_numpy(float), yerr=line["target_loss_std"].fillna(0).to_numpy(float),
+                            marker="o", capsize=3, ls="--" if dashed else "-", label=name)
+        if has_delta and not dashed and line["delta"].notna().any():
+            dl = line[line["delta"].notna()]
+            y = dl["delta"].to_numpy(float)
+            axes[0, 1].errorbar(dl["fraction"].to_numpy(float), y,
+                                yerr=[y - dl["ci_low"].to_numpy(float), dl["ci_high"].to_numpy(float) - y],
+                                marker="o", capsize=3, label=name)
+    fractions = sorted(data["fraction"].astype(float).unique())
+    for ax in axes[0]:
+        ax.set_xscale("log")
+        ax.set_xticks(fractions, [fmt_value(f) for f in fractions])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel(AXES["fraction"])
+    ax = axes[0, 0]
+    ax.set_ylabel(f"{task} target loss (lower is better)")
+    lo, hi = int(data["n_runs"].min()), int(data["n_runs"].max())
+    ax.legend(fontsize=7, title=f"± std over seeds (n = {lo}{'' if lo == hi else f'–{hi}'}); {ref} dashed",
+              title_fontsize=7)
+    ax.set_title(f"{task}: target loss after training on the selection", fontsize=9)
+    if has_delta:
+        ax = axes[0, 1]
+        ax.axhline(0, color="grey", lw=0.8, ls=":")
+        ax.set_ylabel(f"Δ target loss vs {ref}")
+        ax.legend(fontsize=7, title="95% bootstrap interval over examples", title_fontsize=7)
+        ax.set_title(f"{task}: paired Δ vs {ref} (below 0: better than {ref})", fontsize=9)
+    return fig
+
+
+SELECTION_CURVE_VALUES = ("method", "fraction", "task", "target_loss", "target_loss_std", "n_runs", "reference",
+                          "reference_target_loss", "delta", "stderr", "ci_low", "ci_high", "excludes_zero",
+                          "n_examples", "n_seeds")
+
+
+def validation_plots(out: Path, lds: pd.DataFrame, curve: pd.DataFrame) -> list[Path]:
+    """``lds.png`` and ``selection_curve.<task>.png`` (one per task with a target loss)."""
+    out.mkdir(parents=True, exist_ok=True)
+    made = [(lds_figure(lds), "lds.png")]
+    made += [(selection_curve_figure(curve, t), f"selection_curve.{t}.png") for t in dict.fromkeys(curve["task"])]
     return [_save(fig, out / name) for fig, name in made if fig is not None]

@@ -4,7 +4,12 @@
 - Groups (``by``): any columns; default :func:`default_by`. The runs of a group are its seeds.
 - Units: accuracy, exact match, F1, shares and overlaps are shown in % (:func:`in_display_units`,
   also used by the plots); a column whose values already exceed 1 (TyDiQA's F1 and exact match
-  are computed in %) is left as it is. Std is the sample std (ddof=1) over a group's runs.
+  are computed in %) is left as it is. Std is the sample std (ddof=1) over a group's runs. The
+  target loss is shown with 3 decimals.
+- Δ columns: with a ``comparison`` (:func:`analysis.paired.compare`), "Δ <task>.<metric> vs
+  random" per eval task for accuracy (in percentage points) and target loss: the paired difference
+  on the same examples, ``+1.2 [0.3, 2.1]*`` (mean [95% bootstrap interval], ``*`` where it
+  excludes 0), ``ref`` on the reference's rows; explained in the note under the table.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from analysis.collect import config_columns, is_bookkeeping
 
 PERCENT = ("acc", "acc_norm", "exact_match", "em", "f1", "jaccard_vs_less")
 EVAL_METRIC = re.compile(r"^eval\.([^.]+)\.([^.]+)$")
+TARGET_LOSS = "target_loss"  # mean token cross-entropy of the reference answers (lower is better)
 
 
 def metric_name(col: str) -> str:
@@ -48,20 +54,31 @@ def in_display_units(df: pd.DataFrame, cols: Iterable[str]) -> pd.DataFrame:
     return out
 
 
+def decimals(col: str) -> int:
+    """Decimals a metric is shown with: 3 for the target loss (it moves in the second decimal), else 1."""
+    return 3 if metric_name(col) == TARGET_LOSS else 1
+
+
 def label(col: str) -> str:
     """A metric's name for headers and axes: without ``eval.``, with its unit."""
     return col.removeprefix("eval.") + (" (%)" if is_percent(col) else "")
 
 
 def headline_metrics(df: pd.DataFrame) -> list[str]:
-    """Each eval task's first metric that is not a stderr (lm-eval's order: the task's main one),
-    then ``selection.target_share`` when some run has it."""
-    cols, tasks = [], set()
+    """Per eval task its first metric that is neither a stderr nor the target loss (lm-eval's
+    order: the task's main one), then its ``target_loss`` when some run has one; then
+    ``selection.target_share`` when some run has it."""
+    first: dict[str, str] = {}
+    loss: dict[str, str] = {}
     for c in df.columns:
         m = EVAL_METRIC.match(c)
-        if m and not c.endswith("_stderr") and m[1] not in tasks and pd.api.types.is_numeric_dtype(df[c]):
-            tasks.add(m[1])
-            cols.append(c)
+        if not m or c.endswith("_stderr") or not pd.api.types.is_numeric_dtype(df[c]):
+            continue
+        if m[2] == TARGET_LOSS:
+            loss.setdefault(m[1], c)
+        else:
+            first.setdefault(m[1], c)
+    cols = [c for task in dict.fromkeys([*first, *loss]) for c in (first.get(task), loss.get(task)) if c]
     if "selection.target_share" in df and df["selection.target_share"].notna().any():
         cols.append("selection.target_share")
     return cols
@@ -137,41 +154,57 @@ def fmt_value(v) -> str:
     return str(v)
 
 
-def _fmt_cell(mean: float, std: float, n: int, n_row: int) -> str:
+def _fmt_cell(mean: float, std: float, n: int, n_row: int, places: int = 1) -> str:
     if n == 0:
         return "–"
-    cell = f"{mean:.1f}" if n < 2 else f"{mean:.1f} ± {std:.1f}"
+    cell = f"{mean:.{places}f}" if n < 2 else f"{mean:.{places}f} ± {std:.{places}f}"
     return cell if n == n_row else f"{cell} (n={n})"
 
 
-def table(df: pd.DataFrame, metrics: Sequence[str] | None = None, by: Sequence[str] | None = None) -> pd.DataFrame:
-    """:func:`aggregate` as text: a column per ``by`` key, ``mean ± std`` per metric, ``n`` runs."""
+def table(df: pd.DataFrame, metrics: Sequence[str] | None = None, by: Sequence[str] | None = None,
+          comparison=None) -> pd.DataFrame:
+    """:func:`aggregate` as text: a column per ``by`` key, ``mean ± std`` per metric, then with a
+    ``comparison`` (:func:`analysis.paired.compare`) its "Δ ... vs <reference>" columns, ``n`` runs."""
     metrics, by = resolve_metrics(df, metrics), resolve_by(df, by)
     agg = aggregate(df, metrics, by)
-    sizes = groups(df, by).size().to_numpy()  # same groups, same order as agg
+    parts = list(groups(df, by))  # same groups, same order as agg
     rows = []
-    for (key, r), n_row in zip(agg.iterrows(), sizes):
+    for (key, r), (_, runs) in zip(agg.iterrows(), parts):
         keys = key if isinstance(key, tuple) else (key,)
-        n_row = int(n_row)
+        n_row = len(runs)
         rows.append({**({k: fmt_value(v) for k, v in zip(by, keys)} if by else {"runs": "all"}),
-                     **{label(m): _fmt_cell(r[(m, "mean")], r[(m, "std")], int(r[(m, "n")]), n_row) for m in metrics},
+                     **{label(m): _fmt_cell(r[(m, "mean")], r[(m, "std")], int(r[(m, "n")]), n_row, decimals(m))
+                        for m in metrics},
+                     **(comparison.cells(runs) if comparison is not None else {}),
                      "n": n_row})
     return pd.DataFrame(rows)
 
 
-def note(df: pd.DataFrame, metrics: Sequence[str] | None = None, by: Sequence[str] | None = None) -> str:
+def note(df: pd.DataFrame, metrics: Sequence[str] | None = None, by: Sequence[str] | None = None,
+         comparison=None) -> str:
     metrics, by = resolve_metrics(df, metrics), resolve_by(df, by)
     pct = [label(m).removesuffix(" (%)") for m in metrics if is_percent(m)]
-    return ("Mean ± std (sample std, ddof=1) over the n runs of each row (its seeds)"
+    text = ("Mean ± std (sample std, ddof=1) over the n runs of each row (its seeds)"
             + (f", grouped by {', '.join(by)}" if by else "") + "; one value where n = 1; "
             + (f"{', '.join(pct)} in %." if pct else "no percent metrics."))
+    if comparison is not None and comparison.note(df, by):
+        text += "\n\n" + comparison.note(df, by)
+    return text
 
 
-def markdown(df: pd.DataFrame, metrics: Sequence[str] | None = None, by: Sequence[str] | None = None) -> str:
+def _value_columns(t: pd.DataFrame, metrics: Sequence[str]) -> int:
+    """How many columns at the right of a :func:`table` hold values (metrics, Δ columns, n)."""
+    return len(metrics) + 1 + sum(str(c).startswith("Δ ") for c in t.columns)
+
+
+def markdown(df: pd.DataFrame, metrics: Sequence[str] | None = None, by: Sequence[str] | None = None,
+             comparison=None) -> str:
     metrics, by = resolve_metrics(df, metrics), resolve_by(df, by)
-    t = table(df, metrics, by)
-    align = ["left"] * (t.shape[1] - len(metrics) - 1) + ["right"] * (len(metrics) + 1)
-    return t.to_markdown(index=False, disable_numparse=True, colalign=align) + "\n\n" + note(df, metrics, by) + "\n"
+    t = table(df, metrics, by, comparison)
+    n_values = _value_columns(t, metrics)
+    align = ["left"] * (t.shape[1] - n_values) + ["right"] * n_values
+    return (t.to_markdown(index=False, disable_numparse=True, colalign=align) + "\n\n"
+            + note(df, metrics, by, comparison) + "\n")
 
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -179,13 +212,16 @@ LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", 
 
 
 def tex_escape(text: str) -> str:
-    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in str(text)).replace("±", r"$\pm$").replace("–", "--")
+    return ("".join(LATEX_SPECIAL.get(ch, ch) for ch in str(text)).replace("±", r"$\pm$").replace("–", "--")
+            .replace("Δ", r"$\Delta$").replace("−", "-"))
 
 
-def latex(df: pd.DataFrame, metrics: Sequence[str] | None = None, by: Sequence[str] | None = None) -> str:
+def latex(df: pd.DataFrame, metrics: Sequence[str] | None = None, by: Sequence[str] | None = None,
+          comparison=None) -> str:
     metrics, by = resolve_metrics(df, metrics), resolve_by(df, by)
-    t = table(df, metrics, by)
+    t = table(df, metrics, by, comparison)
+    n_values = _value_columns(t, metrics)
     t = t.map(tex_escape).rename(columns=tex_escape)
-    n_keys = t.shape[1] - len(metrics) - 1
-    return f"% {note(df, metrics, by)}\n" + t.to_latex(index=False, escape=False,
-                                                       column_format="l" * n_keys + "r" * (len(metrics) + 1))
+    n_keys = t.shape[1] - n_values
+    comment = "\n".join(f"% {line}" for line in note(df, metrics, by, comparison).splitlines() if line)
+    return f"{comment}\n" + t.to_latex(index=False, escape=False, column_format="l" * n_keys + "r" * n_values)
