@@ -83,8 +83,9 @@ def test_the_same_data_at_another_path_has_the_same_keys_and_no_path_enters_a_ke
 
 
 CHANGED = {  # file under data.root -> stages whose key changes with it (model=small, target=mmlu, pool=less_mix)
-    "mmlu/dev/anatomy_dev.csv": {"target", "target_features", "datastore", "select", "train", "eval"},
-    "mmlu/test/anatomy_test.csv": {"eval"},
+    "mmlu/dev/anatomy_dev.csv": {"target", "target_features", "datastore", "select", "train", "eval",
+                                 "validation_subsets", "lds"},  # the subsets are evaluated as eval is (demos from dev)
+    "mmlu/test/anatomy_test.csv": {"eval", "validation_subsets", "lds"},  # their target loss, hence each LDS
     "README.md": set(),
 }
 

@@ -39,9 +39,11 @@ def test_tiny_twin_sweep_and_its_analysis(default_run, shared_cache, tmp_path):
     ok(run_cli(["experiment=ablation_projection_tiny", "logger=none"], shared_cache, tmp_path / "sweep", multirun=True))
     out = main([str(tmp_path / "sweep")])
     table = [[c.strip() for c in line.strip("|").split("|")] for line in (out / "table.md").read_text().splitlines()[:5]]
-    assert table[0] == ["proj_dim", "less_synthetic_color.acc (%)", "selection.target_share (%)", "n"]
+    assert table[0] == ["proj_dim", "less_synthetic_color.acc (%)", "less_synthetic_color.target_loss",
+                        "selection.target_share (%)", "n"]
     assert [row[0] for row in table[2:5]] == ["64", "256", "1024"] and [row[-1] for row in table[2:5]] == ["1"] * 3
-    assert {"metric_vs_proj_dim.less_synthetic_color.acc.png", "selection_overlap.png",
+    assert {"metric_vs_proj_dim.less_synthetic_color.acc.png", "metric_vs_proj_dim.less_synthetic_color.target_loss.png",
+            "selection_overlap.png",
             "composition_by_source.png"} <= {p.name for p in out.glob("*.png")}
     res = json.loads((tmp_path / "sweep" / "0" / "results.json").read_text())
     acc = res["accounting"]
