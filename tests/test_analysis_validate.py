@@ -1,4 +1,4 @@
-"""The analysis side of ``experiment=validate_tiny``: lds.csv (one row per method, deduplicated over
+"""The analysis side of ``experiment=validate``: lds.csv (one row per method, deduplicated over
 fractions), selection_curve.csv (target loss per method and fraction, random's beside it, the paired
 Δ) and their plots, on hand-made sweeps."""
 

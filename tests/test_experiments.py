@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import CONF, compose, linked_cache, ok, run_cli, run_pipeline
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if not p.stem.startswith("_"))
+DEFAULT_SCALE = {"validate"}  # experiments named for the embedded default (their issue's command), twins _small and _paper
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -17,18 +18,22 @@ def test_every_experiment_composes(name):
     assert cfg.name == name
     params = dict(cfg.hydra.sweeper.params)
     assert params, name
-    if name.endswith("_tiny"):
+    if name.endswith("_tiny") or name in DEFAULT_SCALE:
         assert cfg.model.kind == "tiny" and cfg.target.kind == "synthetic"
-        assert name.removesuffix("_tiny") in EXPERIMENTS  # every full experiment has a CPU twin and back
+        if name in DEFAULT_SCALE:  # its own CPU twin: the paper-scale form is <name>_paper
+            assert f"{name}_paper" in EXPERIMENTS and f"{name}_small" in EXPERIMENTS
+        else:
+            assert name.removesuffix("_tiny") in EXPERIMENTS  # every full experiment has a CPU twin and back
     elif name.endswith("_small"):  # the real-data CPU twin: small model, the paper's pool and target
         assert cfg.model.kind == (cfg.get("selector") or cfg.model).kind == "small" and cfg.pool.name == "less_mix"
         assert cfg.target.kind == "mmlu" and cfg.eval.tasks == ["mmlu"] and cfg.eval.base
         base = name.removesuffix("_small")
-        assert base in EXPERIMENTS and f"{base}_tiny" in EXPERIMENTS
-        tiny = compose([f"experiment={base}_tiny"]).hydra.sweeper.params
-        assert set(params) == set(tiny)  # the same axes as the tiny twin
+        tiny = base if base in DEFAULT_SCALE else f"{base}_tiny"
+        assert base in EXPERIMENTS and tiny in EXPERIMENTS
+        assert set(params) == set(compose([f"experiment={tiny}"]).hydra.sweeper.params)  # the tiny twin's axes
     else:
-        assert cfg.model.kind == "hf" and f"{name}_tiny" in EXPERIMENTS and f"{name}_small" in EXPERIMENTS
+        base = name.removesuffix("_paper") if name.removesuffix("_paper") in DEFAULT_SCALE else name
+        assert cfg.model.kind == "hf" and (base != name or f"{name}_tiny" in EXPERIMENTS) and f"{base}_small" in EXPERIMENTS
         assert cfg.eval.tasks == [cfg.target.name] and cfg.warmup.lora.r == 128
 
 

@@ -12,7 +12,7 @@ import pytest
 from less.stats import lds
 from tests.conftest import compose, kill_run, ok, run_cli, run_expecting_error, run_pipeline
 
-VALIDATE = ["experiment=validate_tiny", "validate.subsets=3", "validate.alpha=0.2"]
+VALIDATE = ["experiment=validate", "validate.subsets=3", "validate.alpha=0.2"]
 
 
 def subset_keys(cache: Path) -> list[str]:
@@ -93,5 +93,5 @@ def test_killed_validation_resumes(shared_cache, tmp_path):
     (["eval.target_loss=false", "eval.accuracy=false", "stages=[eval]"], "eval.accuracy and eval.target_loss are both false"),
 ])
 def test_bad_validation_config_is_one_line(overrides, message, tmp_path, capsys):
-    err = run_expecting_error(["experiment=validate_tiny", *overrides], tmp_path / "cache", tmp_path / "out", capsys)
+    err = run_expecting_error(["experiment=validate", *overrides], tmp_path / "cache", tmp_path / "out", capsys)
     assert message in err
