@@ -260,7 +260,7 @@ def compare(df: pd.DataFrame, reference: str | None = None, seed: int = 0, metri
         if not isinstance(p, str) or not p:
             return None
         if p not in cache:
-            if not Path(p).is_file():
+            if not Path(p).is_file() or Path(p).stat().st_size == 0:  # none, or an accuracy-only eval's
                 return None
             cache[p] = read_examples(p)
         return cache[p]

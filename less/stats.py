@@ -88,8 +88,18 @@ def ranks(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _finite(name: str, x: np.ndarray) -> None:
+    bad = np.flatnonzero(~np.isfinite(x))
+    if len(bad):
+        raise ValueError(f"{name}: {len(bad)} value(s) not finite, first at position {int(bad[0])} ({x[bad[0]]})")
+
+
 def spearman(x, y) -> float:
-    """Spearman's rank correlation of ``x`` and ``y``; NaN when either is constant."""
+    """Spearman's rank correlation of ``x`` and ``y``; NaN when either is constant. A NaN or an
+    infinity in either raises ValueError (it would take a rank of its own and give a plausible value)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    _finite("spearman x", x)
+    _finite("spearman y", y)
     rx, ry = ranks(x), ranks(y)
     rx, ry = rx - rx.mean(), ry - ry.mean()
     den = np.sqrt((rx * rx).sum() * (ry * ry).sum())
@@ -111,6 +121,8 @@ def lds(scores, members, losses, seed: int = 0, n_boot: int = BOOTSTRAP, level: 
                          f"got {members.shape}")
     if len(losses) < 3:
         raise ConfigError(f"lds: needs at least 3 subsets, got {len(losses)}")
+    _finite("lds scores", np.asarray(scores, dtype=np.float64))
+    _finite("lds subset losses", losses)
     pred, actual = subset_sums(scores, members), -losses
     value = spearman(pred, actual)
     idx = np.random.default_rng(seed).integers(0, len(losses), size=(n_boot, len(losses)))

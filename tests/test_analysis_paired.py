@@ -232,6 +232,18 @@ def test_runs_without_examples_keep_the_old_table(tmp_path):
     assert "no per-example results" in md
 
 
+def test_an_empty_examples_file_is_no_examples(tmp_path):
+    """An accuracy-only eval cached before such evals stopped writing an empty examples.jsonl."""
+    from analysis import load
+    from analysis.paired import compare
+
+    sweep = fake_sweep(tmp_path / "s")
+    empty = next(p for p in sorted(sweep.glob("*/results.json")) if '"random"' in p.read_text())
+    (empty.parent / "eval_artifact" / "examples.jsonl").write_text("")
+    comp = compare(load(sweep))
+    assert f"no per-example results for {empty.parent}" in comp.note()
+
+
 def test_read_examples_rejects_duplicates_and_bad_lines(tmp_path):
     from analysis.paired import PairingError, read_examples
 

@@ -76,3 +76,10 @@ def test_bad_input():
         lds(np.ones(4), np.ones((3, 5)), [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="equal-length"):
         paired([1.0, 2.0], [1.0, 2.0, 3.0])
+    # a NaN would take a rank of its own and give a plausible correlation
+    with pytest.raises(ValueError, match="lds subset losses: 1 value.* not finite, first at position 1"):
+        lds(np.arange(4.0), np.eye(4)[:3], [1.0, np.nan, 2.0])
+    with pytest.raises(ValueError, match="lds scores: .* not finite"):
+        lds(np.array([1.0, np.inf, 0.0, 2.0]), np.eye(4)[:3], [1.0, 3.0, 2.0])
+    with pytest.raises(ValueError, match="spearman x"):
+        spearman([1.0, np.nan, 2.0], [1.0, 2.0, 3.0])

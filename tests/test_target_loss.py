@@ -125,3 +125,32 @@ def test_bbh_build_marks_exemplars(tmp_path):
     build_bbh(tmp_path, tmp_path / "out", "paper", None)
     rows = [json.loads(line) for line in open(tmp_path / "out" / "bbh_toy.jsonl")]
     assert [r["in_dval"] for r in rows] == [True, False]
+
+
+def test_an_accuracy_only_eval_keeps_no_examples_and_is_not_paired(default_run, shared_cache, tmp_path):
+    """eval.target_loss=false: no target loss, no examples.jsonl (its rows are the target-loss
+    requests), so results.json names none and the analysis leaves the run unpaired."""
+    from tests.conftest import run_pipeline
+
+    _, r = default_run
+    res = run_pipeline(["eval.target_loss=false", "eval.base=false"], shared_cache, tmp_path / "run")
+    assert "target_loss" not in res["eval"]["less_synthetic_color"]
+    assert res["eval"]["less_synthetic_color"]["acc"] == pytest.approx(r["eval"]["less_synthetic_color"]["acc"])
+    assert "examples" not in res and not (Path(res["artifacts"]["eval"]["dir"]) / "examples.jsonl").exists()
+
+
+def test_an_answer_of_no_tokens_or_no_prompt_is_a_data_error():
+    from less.errors import DataError
+
+    class LM:  # lm-eval's pair encoding: the answer's tokens are what the prompt's do not cover
+        def _encode_pair(self, ctx, cont):
+            return list(ctx), list(cont)
+
+        def _loglikelihood_tokens(self, encoded, disable_tqdm=False):
+            return [(-float(len(a)), True) for _, _, a in encoded]
+
+    assert target_loss.losses(LM(), [("Q:", " ab")]) == [(1.0, 3)]
+    with pytest.raises(DataError, match="^eval task t doc 7: the reference answer '' has no tokens"):
+        target_loss.losses(LM(), [("Q:", " a"), ("Q:", "")], ["eval task t doc 6", "eval task t doc 7"])
+    with pytest.raises(DataError, match="^pair 0: target loss needs a prompt"):
+        target_loss.losses(LM(), [("", " a")])

@@ -95,3 +95,33 @@ def test_killed_validation_resumes(shared_cache, tmp_path):
 def test_bad_validation_config_is_one_line(overrides, message, tmp_path, capsys):
     err = run_expecting_error(["experiment=validate", *overrides], tmp_path / "cache", tmp_path / "out", capsys)
     assert message in err
+
+
+def test_a_subset_of_less_than_one_example_is_one_line(shared_cache, tmp_path, capsys):
+    err = run_expecting_error(["selection=subset", "selection.fraction=0.001", "stages=[prepare,select]"],
+                              shared_cache, tmp_path / "out", capsys)
+    assert "selection.fraction (validate.alpha) = 0.001 of a pool of 600 is less than one example" in err
+
+
+def test_scores_are_read_at_full_precision(tmp_path):
+    """ranking.csv rounds scores to 8 digits; the LDS takes scores.npy, matched to ids through the
+    ranking's order, so two scores that round alike stay apart."""
+    import csv
+
+    from less.errors import DataError
+    from less.selection.scoring import ranking_order
+    from less.stages.validate import scores_of
+
+    ids = ["a", "b", "c", "d"]
+    scores = np.array([1.0, 1.0 + 1e-12, 0.25, -3.0])
+    np.save(tmp_path / "scores.npy", scores)
+    with open(tmp_path / "ranking.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["rank", "id", "source", "score"])
+        for rank, i in enumerate(ranking_order(scores), 1):
+            w.writerow([rank, ids[i], "s", f"{scores[i]:.8g}"])
+    got = scores_of(tmp_path, ["d", "c", "b", "a"])
+    assert got.tolist() == [-3.0, 0.25, 1.0 + 1e-12, 1.0]
+    np.save(tmp_path / "scores.npy", scores * 2)  # not the scores the ranking lists
+    with pytest.raises(DataError, match="ranking.csv and scores.npy disagree"):
+        scores_of(tmp_path, ids)

@@ -130,9 +130,9 @@ def target_losses(lm, manager, built, plain: list[str], e: DictConfig, seed: int
         for name, task in loaded.items():
             where[name] = (b.name, b.subtasks.get(name, name))
             tasks[name] = task
-    for t in plain:
+    for t in plain:  # lm-eval's own tasks: a subtask is labelled by its alias, as lm-eval's results (flatten)
         for name, task in manager.load([t])["tasks"].items():
-            where[name] = (t, name)
+            where[name] = (t, str(task.config.task_alias or name).strip(" -") if name != t else t)
             tasks[name] = task
     return target_loss.evaluate(lm, tasks, where, e.limit, e.num_fewshot, seed)
 
@@ -192,7 +192,8 @@ def evaluate(cfg: DictConfig, out: Path, device: torch.device, base: str | None,
             entry.update(tl)
             for label, m in subs.items() if list(subs) != [task] else ():  # a task without subtasks
                 entry.setdefault("subtasks", {}).setdefault(label, {}).update(m)
-    write_examples(out / "examples.jsonl", examples, samples)
+    if examples:  # rows are the target-loss requests: with eval.target_loss=false there is no file (and no pairing)
+        write_examples(out / "examples.jsonl", examples, samples)
     (out / "model.json").write_text(json.dumps({"model": base, "adapter": adapter, "backend": e.backend}, indent=2))
     # what results.json and W&B record beside the metrics, e.g. tydiqa_shot_source
     (out / "info.json").write_text(json.dumps({f"{b.name}_{k}": v for b in built for k, v in b.info.items()},

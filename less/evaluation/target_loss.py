@@ -22,6 +22,8 @@ import hashlib
 import math
 from typing import Any
 
+from less.errors import DataError
+
 OUTPUT_TYPES = ("multiple_choice", "generate_until", "loglikelihood")
 
 
@@ -58,10 +60,13 @@ def configure(task, num_fewshot: int | None, seed: int) -> None:
     task.set_fewshot_seed(seed=seed)
 
 
-def requests(task, limit: int | None) -> list[tuple[int, str, str]]:
+def requests(task, limit: int | float | None) -> list[tuple[int, str, str]]:
     """(doc_id, prompt, answer) of every doc ``task`` evaluates, in doc order, except docs marked
-    ``in_dval`` (a BBH test item that is one of the task's CoT exemplars: not held out)."""
-    task.build_all_requests(limit=limit, rank=0, world_size=1)
+    ``in_dval`` (a BBH test item that is one of the task's CoT exemplars: not held out); ``limit``
+    as lm-eval reads it (a fraction below 1 of the docs, else a count)."""
+    from lm_eval.evaluator_utils import get_sample_size
+
+    task.build_all_requests(limit=get_sample_size(task, limit), rank=0, world_size=1)
     seen: dict[int, tuple[int, str, str]] = {}
     for inst in task.instances:
         if inst.doc_id not in seen and not (isinstance(inst.doc, dict) and inst.doc.get("in_dval")):
@@ -71,14 +76,18 @@ def requests(task, limit: int | None) -> list[tuple[int, str, str]]:
     return [seen[i] for i in sorted(seen)]
 
 
-def losses(lm, pairs: list[tuple[str, str]]) -> list[tuple[float, int]]:
+def losses(lm, pairs: list[tuple[str, str]], names: list[str] | None = None) -> list[tuple[float, int]]:
     """(mean per-token loss of the answer, its token count) of each (prompt, answer) pair, in
-    lm-eval's batched forward passes."""
+    lm-eval's batched forward passes; ``names`` label the pairs in errors (an empty prompt or an
+    answer of no tokens: DataError)."""
     encoded = []
-    for ctx, cont in pairs:
+    for k, (ctx, cont) in enumerate(pairs):
+        where = names[k] if names else f"pair {k}"
         if ctx == "":
-            raise ValueError("target loss needs a prompt; got an empty context")
+            raise DataError(f"{where}: target loss needs a prompt; got an empty context")
         c_enc, a_enc = lm._encode_pair(ctx, cont)
+        if len(a_enc) == 0:
+            raise DataError(f"{where}: the reference answer {cont!r} has no tokens, so no target loss")
         encoded.append(((ctx, cont), c_enc, a_enc))
     out = lm._loglikelihood_tokens(encoded, disable_tqdm=False)
     return [(-ll / len(enc[2]), len(enc[2])) for (ll, _), enc in zip(out, encoded)]
@@ -99,7 +108,7 @@ def evaluate(lm, tasks: dict[str, Any], where: dict[str, tuple[str, str]], limit
         for doc_id, ctx, cont in requests(task, limit):
             rows.append({"task": user_task, "subtask": subtask, "lm_task": name, "doc_id": doc_id, "digest": digest(ctx, cont)})
             pairs.append((ctx, cont))
-    for row, (loss, n) in zip(rows, losses(lm, pairs)):
+    for row, (loss, n) in zip(rows, losses(lm, pairs, [f"eval task {r['lm_task']} doc {r['doc_id']}" for r in rows])):
         row.update(target_loss=loss, tokens=n)
     return rows
 

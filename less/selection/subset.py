@@ -25,4 +25,7 @@ def subset_scores(n: int, seed: int, index: int) -> np.ndarray:
 
 @method("subset", target_free=True, check=check)
 def subset_method(req: Request) -> np.ndarray:
-    return subset_scores(len(req.pool), req.seed, req.selection.index)
+    s, n = req.selection, len(req.pool)
+    require(s.k is not None or int(s.fraction * n) >= 1,
+            f"selection.fraction (validate.alpha) = {s.fraction} of a pool of {n} is less than one example")
+    return subset_scores(n, req.seed, s.index)

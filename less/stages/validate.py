@@ -1,11 +1,12 @@
 """The ``validate`` step: counterfactual validation of a selection method's scores (the linear
-datamodeling score of TRAK; docs/evaluation.md).
+datamodeling score of TRAK; docs/measuring.md).
 
 - ``validation_subsets``: M = ``validate.subsets`` seeded random subsets of the pool, each a share
   ``validate.alpha`` of it (selection method ``subset``, index k = 0..M-1), each trained by the
   ``train`` stage and evaluated by target loss (``eval.accuracy=false``). Every subset's training
   and evaluation is an ordinary artifact: cached, shared with any run that names the same subset
-  (``selection=subset selection.index=k selection.fraction=<alpha>``) and with every method
+  (``selection=subset selection.index=k selection.fraction=<alpha>``: its selection and training;
+  its evaluation too with ``eval.accuracy=false``) and with every method
   validated against them, so a killed validation resumes at the first missing subset. The
   artifact holds which pool examples each subset kept and the target loss measured after it.
 - ``lds``: for this run's selection method, LDS = Spearman(sum of the method's scores over S_k,
@@ -81,9 +82,18 @@ def task_of(cfg: DictConfig) -> str:
 
 
 def scores_of(select_dir: Path, ids: list[str]) -> np.ndarray:
-    """The method's score of every pool example, in pool order, from its ranking."""
+    """The method's score of every pool example, in pool order: the full-precision ``scores.npy``,
+    matched to ids through ``ranking.csv`` (which lists them in ``ranking_order(scores)``; its
+    scores are rounded to 8 digits, which could tie examples that are not tied)."""
+    from less.selection.scoring import ranking_order
+
+    scores = np.load(select_dir / "scores.npy")
     with open(select_dir / "ranking.csv", newline="") as fh:
-        got = {r["id"]: float(r["score"]) for r in csv.DictReader(fh)}
+        rows = list(csv.DictReader(fh))
+    order = ranking_order(scores)
+    if len(rows) != len(scores) or any(f"{scores[i]:.8g}" != r["score"] for i, r in zip(order, rows)):
+        raise DataError(f"{select_dir}: ranking.csv and scores.npy disagree (a damaged selection artifact)")
+    got = {r["id"]: float(scores[i]) for i, r in zip(order, rows)}
     missing = [i for i in ids if i not in got]
     if missing:
         raise DataError(f"{select_dir / 'ranking.csv'}: no score for {len(missing)} pool examples "
@@ -98,8 +108,11 @@ def build_lds(ctx: Context, inputs: Inputs, out: Path) -> None:
     losses = json.loads((sub / "subsets.json").read_text())["target_loss"]
     scores = scores_of(inputs["select"].dir, ids)
     summed = members.astype(np.float64) @ scores
-    by_task = {task: lds(scores, members, ys, seed=ctx.cfg.seed, n_boot=v.bootstrap).as_dict()
-               for task, ys in losses.items()}
+    try:
+        by_task = {task: lds(scores, members, ys, seed=ctx.cfg.seed, n_boot=v.bootstrap).as_dict()
+                   for task, ys in losses.items()}
+    except ValueError as e:  # a NaN score or target loss
+        raise DataError(f"{inputs['select'].dir} / {sub}: {e}") from None
     task = task_of(ctx.cfg)
     if task not in by_task:
         raise DataError(f"{sub / 'subsets.json'}: no target loss of eval task {task} (validate.task)")
