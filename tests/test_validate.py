@@ -120,8 +120,14 @@ def test_scores_are_read_at_full_precision(tmp_path):
         w.writerow(["rank", "id", "source", "score"])
         for rank, i in enumerate(ranking_order(scores), 1):
             w.writerow([rank, ids[i], "s", f"{scores[i]:.8g}"])
-    got = scores_of(tmp_path, ["d", "c", "b", "a"])
-    assert got.tolist() == [-3.0, 0.25, 1.0 + 1e-12, 1.0]
+    got, unscored = scores_of(tmp_path, ["d", "c", "b", "a"])
+    assert got.tolist() == [-3.0, 0.25, 1.0 + 1e-12, 1.0] and unscored == []
+    # an example the method left unranked (LESS: over-long) counts as the mean score
+    got, unscored = scores_of(tmp_path, ["a", "e", "b", "c", "d"])
+    assert unscored == ["e"] and got[1] == pytest.approx(scores.mean()) and got[0] == 1.0
+    # a ranking of another pool is an error
+    with pytest.raises(DataError, match="1 ranked examples are not in the pool .e.g. a."):
+        scores_of(tmp_path, ["e", "b", "c", "d"])
     np.save(tmp_path / "scores.npy", scores * 2)  # not the scores the ranking lists
     with pytest.raises(DataError, match="ranking.csv and scores.npy disagree"):
         scores_of(tmp_path, ids)

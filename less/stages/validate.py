@@ -81,10 +81,13 @@ def task_of(cfg: DictConfig) -> str:
     return str(cfg.validate.task or cfg.eval.tasks[0])
 
 
-def scores_of(select_dir: Path, ids: list[str]) -> np.ndarray:
-    """The method's score of every pool example, in pool order: the full-precision ``scores.npy``,
-    matched to ids through ``ranking.csv`` (which lists them in ``ranking_order(scores)``; its
-    scores are rounded to 8 digits, which could tie examples that are not tied)."""
+def scores_of(select_dir: Path, ids: list[str]) -> tuple[np.ndarray, list[str]]:
+    """The method's score of every pool example, in pool order, and the ids it left unscored.
+    Scores are the full-precision ``scores.npy``, matched to ids through ``ranking.csv`` (which
+    lists them in ``ranking_order(scores)``; its scores are rounded to 8 digits, which could tie
+    examples that are not tied). Examples the method left unranked (e.g. the over-long ones that
+    gradient and representation methods drop) count as the mean score, so they move no subset's
+    sum relative to the others; a ranked example that is not in the pool is an error."""
     from less.selection.scoring import ranking_order
 
     scores = np.load(select_dir / "scores.npy")
@@ -94,11 +97,13 @@ def scores_of(select_dir: Path, ids: list[str]) -> np.ndarray:
     if len(rows) != len(scores) or any(f"{scores[i]:.8g}" != r["score"] for i, r in zip(order, rows)):
         raise DataError(f"{select_dir}: ranking.csv and scores.npy disagree (a damaged selection artifact)")
     got = {r["id"]: float(scores[i]) for i, r in zip(order, rows)}
+    extra = sorted(set(got) - set(ids))
+    if extra:
+        raise DataError(f"{select_dir / 'ranking.csv'}: {len(extra)} ranked examples are not in the pool "
+                        f"(e.g. {extra[0]}): a selection of another pool")
     missing = [i for i in ids if i not in got]
-    if missing:
-        raise DataError(f"{select_dir / 'ranking.csv'}: no score for {len(missing)} pool examples "
-                        f"(e.g. {missing[0]}); the LDS needs a score for every example")
-    return np.array([got[i] for i in ids])
+    mean = float(np.mean(list(got.values())))
+    return np.array([got.get(i, mean) for i in ids]), missing
 
 
 def build_lds(ctx: Context, inputs: Inputs, out: Path) -> None:
@@ -106,7 +111,7 @@ def build_lds(ctx: Context, inputs: Inputs, out: Path) -> None:
     ids = json.loads((sub / "ids.json").read_text())
     members = np.load(sub / "members.npy")
     losses = json.loads((sub / "subsets.json").read_text())["target_loss"]
-    scores = scores_of(inputs["select"].dir, ids)
+    scores, unscored = scores_of(inputs["select"].dir, ids)
     summed = members.astype(np.float64) @ scores
     try:
         by_task = {task: lds(scores, members, ys, seed=ctx.cfg.seed, n_boot=v.bootstrap).as_dict()
@@ -119,6 +124,7 @@ def build_lds(ctx: Context, inputs: Inputs, out: Path) -> None:
     write_json_atomic(out / "lds.json", {
         "method": ctx.cfg.selection.method, "task": task, **{k: by_task[task][k] for k in ("value", "stderr", "ci_low", "ci_high")},
         "subsets": int(len(members)), "alpha": float(v.alpha), "by_task": by_task,
+        "unscored": {"n": len(unscored), "ids": unscored, "counted_as": "the mean score"},
         "per_subset": {"summed_score": summed.tolist(), "target_loss": losses}})
 
 
@@ -126,6 +132,7 @@ def report(ctx: Context, art) -> dict[str, Any]:
     d = json.loads((art.dir / "lds.json").read_text())
     return {"validate": {"method": d["method"], "task": d["task"], "lds": d["value"], "stderr": d["stderr"],
                          "ci_low": d["ci_low"], "ci_high": d["ci_high"], "subsets": d["subsets"], "alpha": d["alpha"],
+                         "unscored": d.get("unscored", {}).get("n", 0),
                          "by_task": {t: {"lds": e["value"], "ci_low": e["ci_low"], "ci_high": e["ci_high"]}
                                      for t, e in d["by_task"].items()},
                          "file": str(art.dir / "lds.json")}}
@@ -135,8 +142,9 @@ def summary(r: dict[str, Any]) -> list[str]:
     v = r.get("validate")
     if not v:
         return []
+    note = f" ({v['unscored']} examples the method dropped count as its mean score)" if v.get("unscored") else ""
     return [f"LDS of {v['method']} on {v['task']} over {v['subsets']} random subsets (alpha={v['alpha']}): "
-            f"{v['lds']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"]
+            f"{v['lds']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]{note}"]
 
 
 def track(ctx: Context, art, reported: dict[str, Any], tracker) -> None:
