@@ -18,7 +18,7 @@ NOTES = {
     "pool": "the instruction pool to select from (jsonl: pool.files=[a.jsonl,...])",
     "target": "the few target examples D_val, with subtasks (jsonl: target.file=t.jsonl)",
     "warmup": "warmup.fraction, warmup.epochs, the LoRA's r/alpha/dropout/modules",
-    "datastore": "datastore.projection.dims=[1024,8192], datastore.gradient_type=adam|sgd, shards",
+    "datastore": "datastore.projection.dims=[1024,8192], datastore.gradient_type=adam|sgd|precond, shards",
     "selection": "the selection method; selection.fraction=0.05 or selection.k=<n>",
     "train": "training of the target model on the selection (paper_full: full fine-tuning; _fsdp: on 8 GPUs)",
     "eval": "lm-eval tasks (eval.tasks=[mmlu,tydiqa,bbh] or any lm-eval task), eval.limit",

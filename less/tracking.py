@@ -96,6 +96,8 @@ def group_skeletons(conf: Path) -> dict[str, Any]:
             if f.name.startswith("_"):
                 continue
             node = OmegaConf.to_container(OmegaConf.load(f), resolve=False)
+            if isinstance(node, dict) and f.read_text().lstrip().startswith("# @package _global_"):
+                node = node.get(d.name, {})  # a preset that also sets other groups (selection=trak)
             if isinstance(node, dict):
                 node.pop("defaults", None)
                 sk = _union(sk, _skeleton(node))

@@ -191,9 +191,11 @@ def test_every_selection_method_gets_every_selection_key():
     from less.tracking import uniform_config
 
     configs = {m: uniform_config(OmegaConf.to_container(compose([f"selection={m}", "cache_dir=/c"], hydra=False), resolve=True),
-                                 conf_dir()) for m in ("less", "random", "bm25", "dsir", "rds", "kcenter")}
+                                 conf_dir()) for m in ("less", "random", "bm25", "dsir", "rds", "kcenter", "trak")}
     keys = {m: flat_keys(c["selection"]) for m, c in configs.items()}
     assert all(k == keys["less"] for k in keys.values())
+    # a preset that also sets the datastore (a global package) adds its selection keys only
+    assert "damping" in keys["less"] and not any(k.startswith(("datastore", "selection")) for k in keys["less"])
     raw = {m: flat_keys(OmegaConf.to_container(compose([f"selection={m}"], hydra=False).selection)) for m in configs}
     assert len(set(map(frozenset, raw.values()))) > 1  # the presets do differ: the union is what fills the gaps
     for m, c in configs.items():  # the chosen preset's values are kept

@@ -2,7 +2,7 @@
 
 Gamma(g) = (b1*m + (1-b1)*g) / sqrt(b2*v + (1-b2)*g^2 + eps): the next Adam update direction from
 the checkpoint's moments m, v, with eps inside the square root and no bias correction (REFERENCE
-section 1).
+section 1). ``gradient_type=precond`` (TrackStar) takes g / sqrt(v + eps) on both sides instead.
 """
 
 from __future__ import annotations
@@ -50,6 +50,13 @@ def read_optimizer_state(ckpt: Path) -> tuple[dict, Path]:
 def adam_direction(g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
                    beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> torch.Tensor:
     return (beta1 * m + (1 - beta1) * g) / torch.sqrt(beta2 * v + (1 - beta2) * g * g + eps)
+
+
+def second_moment_preconditioned(g: torch.Tensor, v: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """g / sqrt(v + eps): the gradient scaled by the checkpoint's Adam second moment, the same for
+    pool and target (TrackStar's optimizer correction; eps inside the root as in ``adam_direction``,
+    no bias correction)."""
+    return g / torch.sqrt(v + eps)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Gradient features of a set of examples at one warmup checkpoint.
 
 Per-example gradients arrive module by module during the backward pass; each is mapped at once
-(Adam direction for pool features with ``moments``, identity for plain gradients) and written into
+(Adam direction for pool features with ``moments``, g / sqrt(v + eps) with ``mapping="precond"``,
+identity for plain gradients) and written into
 a flat buffer. Every ``projection_batch`` examples (and at the end) the buffer is projected with
 the deterministic Rademacher projection at the largest requested dim; every smaller dim is its
 column prefix. ``projection=None`` keeps the flat features (small models, tests). Rows are
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from less.data.formats import Encoded
-from less.gradients.adam import adam_direction
+from less.gradients.adam import adam_direction, second_moment_preconditioned
 from less.gradients.per_example import PerExampleGradients
 from less.gradients.projection import RademacherProjector
 
@@ -56,7 +57,7 @@ class FeatureExtractor:
     """Projected (or flat) per-example gradient features of one model state."""
 
     def __init__(self, model, *, pad_id: int, dims: list[int] | None, seed: int, device: torch.device,
-                 moments: dict | None = None, betas=(0.9, 0.999), eps: float = 1e-8,
+                 moments: dict | None = None, betas=(0.9, 0.999), eps: float = 1e-8, mapping: str = "adam",
                  token_budget: int = 4096, max_batch: int = 64, projection_batch: int = 64,
                  cache_bytes: int = 2**30):
         model.eval()  # LoRA dropout off while features are taken
@@ -66,7 +67,7 @@ class FeatureExtractor:
         self.total = self.offsets[-1]
         self.dims = sorted(dims) if dims else None  # None: no projection
         self.projector = RademacherProjector(self.dims[-1], seed, device, cache_bytes) if self.dims else None
-        self.betas, self.eps = betas, eps
+        self.betas, self.eps, self.mapping = betas, eps, mapping  # with moments: adam | precond
         self.mv = None
         if moments is not None:
             self.mv = [(moments[n][0].to(device).flatten(), moments[n][1].to(device).flatten())
@@ -82,7 +83,9 @@ class FeatureExtractor:
 
         def store(p: int, g: torch.Tensor) -> None:
             g = g.flatten(1)
-            if self.mv is not None:
+            if self.mv is not None and self.mapping == "precond":
+                g = second_moment_preconditioned(g, self.mv[p][1], self.eps)
+            elif self.mv is not None:
                 g = adam_direction(g, self.mv[p][0], self.mv[p][1], self.betas[0], self.betas[1], self.eps)
             buf[:, self.offsets[p]: self.offsets[p + 1]] = g
 

@@ -20,6 +20,9 @@ from less.stages.token_counts import pool_tokens_estimate
 from less.stages.warmup import needs_gradients
 
 log = logging.getLogger(__name__)
+# pool features: Adam's update direction (LESS), the plain gradient, or g / sqrt(v + eps) on both
+# pool and target (TrackStar); the target's are plain gradients unless precond
+GRADIENT_TYPES = ("adam", "sgd", "precond")
 
 
 def build(ctx: Context, inputs: Inputs, out: Path) -> None:
@@ -91,7 +94,8 @@ def track(ctx: Context, art, reported: dict[str, Any], tracker) -> None:
 def check(cfg: DictConfig) -> None:
     """``datastore.*``: gradient type, projection, shards, chunking, storage dtype, checkpoints."""
     ds, w = cfg.datastore, cfg.warmup
-    require(ds.gradient_type in ("adam", "sgd"), f"datastore.gradient_type must be adam or sgd, got {ds.gradient_type!r}")
+    require(ds.gradient_type in GRADIENT_TYPES,
+            f"datastore.gradient_type must be one of {list(GRADIENT_TYPES)}, got {ds.gradient_type!r}")
     if isinstance(ds.projection, str):
         require(ds.projection == "none", f"datastore.projection must be a mapping or 'none', got {ds.projection!r}")
     else:

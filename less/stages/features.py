@@ -70,7 +70,8 @@ class SplitFeatures:
         self.cfg, self.selector_cfg, self.selector_src = cfg, selector_cfg, selector_src
         self.ds, self.split, self.work, self.device = cfg.datastore, split, work, device
         self.warmup_dir = warmup_dir
-        self.gtype = self.ds.gradient_type if split == "pool" else "sgd"
+        # the target's are plain gradients, except under precond (TrackStar: both sides preconditioned)
+        self.gtype = self.ds.gradient_type if split == "pool" or self.ds.gradient_type == "precond" else "sgd"
         self.tok = load_tokenizer(selector_cfg, selector_src)
         self.examples = read_examples(examples_path)
         # D_val completions carry no EOS (as in LESS); pool examples are encoded as in training
@@ -185,7 +186,7 @@ class SplitFeatures:
         model = PeftModel.from_pretrained(load_model(self.selector_cfg, self.selector_src, self.device),
                                           str(ckpt_dir), is_trainable=True)
         moments, betas, eps = None, (0.9, 0.999), float(self.ds.adam_eps)
-        if self.gtype == "adam":
+        if self.gtype in ("adam", "precond"):
             meta_file = ckpt_dir / CHECKPOINT_META
             names = json.loads(meta_file.read_text())["optimizer_param_names"] if meta_file.is_file() else None
             shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
@@ -195,7 +196,7 @@ class SplitFeatures:
         proj = self.ds.projection
         ex = FeatureExtractor(
             model, pad_id=self.tok.pad_token_id, dims=self.dims, seed=0 if self.dims is None else proj.seed,
-            device=self.device, moments=moments, betas=betas, eps=eps, token_budget=self.ds.token_budget,
+            device=self.device, moments=moments, betas=betas, eps=eps, mapping=self.gtype, token_budget=self.ds.token_budget,
             max_batch=self.ds.max_batch_size,
             projection_batch=self.ds.max_batch_size if self.dims is None else proj.batch_size,
             cache_bytes=0 if self.dims is None else int(proj.cache_gb * 2**30))
@@ -262,7 +263,10 @@ def _config(split: str):
     def config(ctx: Context) -> dict[str, Any]:
         ds = ctx.cfg.datastore
         spec = datastore_spec(ds)
-        spec.pop("target_truncation" if split == "pool" else "gradient_type")
+        if split == "pool":
+            spec.pop("target_truncation")
+        elif spec.get("gradient_type") != "precond":  # plain target gradients whatever the pool's
+            spec.pop("gradient_type")
         return {"split": split, "selector": model_spec(ctx.selector), "chat_format": ctx.cfg.chat_format,
                 "datastore": spec, "external_warmup": external_warmup_spec(ds) if ds.warmup_dir else None}
     return config

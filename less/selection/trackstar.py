@@ -1,0 +1,46 @@
+"""TrackStar-style attribution (Chang et al., 2024, "Scalable influence and fact tracing for large
+language model pretraining"): gradients of pool and target alike preconditioned by the warmup
+checkpoint's Adam second moment and unit-normalised before the dot product,
+
+    score(z) = max over subtasks s of  mean over target z' in s of
+               sum_c w_c <g~_c(z), g~_c(z')>,   g~ = (g / sqrt(v_c + eps)) / ||g / sqrt(v_c + eps)||
+
+with w_c the checkpoints' learning rates renormalised (as LESS; ``selection.checkpoints=[<last>]``
+for TrackStar's single final model). LESS applies Adam's update direction to the pool side only and
+leaves the target's gradient plain; here both sides get the same preconditioner
+(``datastore.gradient_type=precond datastore.normalize=true``, which ``selection=trackstar`` sets).
+Not included: TrackStar's task-specific Hessian (an unlabelled-data second moment) correction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from omegaconf import DictConfig
+
+from less.errors import ConfigError
+from less.selection.gradient import Features, load_features, target_subtasks
+from less.selection.registry import Request, Scored, method
+
+NEEDS = "datastore.gradient_type=precond datastore.normalize=true"
+
+
+def preconditioned(src: DictConfig | Features) -> None:
+    if isinstance(src, Features):
+        gt, norm, where = src.gradient_type, src.normalized, "the datastore's pool features are"
+    else:
+        gt, norm, where = src.datastore.gradient_type, bool(src.datastore.normalize), "the config asks for"
+    if gt != "precond" or not norm:
+        raise ConfigError(f"selection=trackstar needs second-moment-preconditioned, unit-normalised gradients on both "
+                          f"sides: set {NEEDS} ({where} gradient_type={gt}, normalize={str(norm).lower()})")
+
+
+@method("trackstar", needs="gradients", check=preconditioned)
+def trackstar_method(req: Request) -> Scored:
+    from less.selection.scoring import checkpoint_weights, less_scores
+
+    f = load_features(req)
+    preconditioned(f)
+    weights = checkpoint_weights(f.lrs)
+    scores = less_scores(f.pool, [np.asarray(t) for t in f.target], weights, target_subtasks(req, f.target_ids),
+                         reduce=req.selection.subtask_reduce)
+    return Scored(scores, f.pool_ids, f.extra(req.datastore, checkpoint_weights=weights.tolist()))
