@@ -124,15 +124,18 @@ def cosine_scores(pool, target: np.ndarray, subtasks: Sequence[str], reduce: str
 def project(rows, dim: int, seed: int, chunk: int = CHUNK) -> np.ndarray:
     """(N, min(width, dim)) float32: L2-normalised rows, times a seeded Gaussian matrix scaled by
     1/sqrt(dim) when they are wider than ``dim`` (squared distances are preserved in expectation,
-    within Johnson-Lindenstrauss error: relative spread about sqrt(2/dim), ~9% at 256), chunk by chunk."""
+    within Johnson-Lindenstrauss error: relative spread about sqrt(2/dim), ~9% at 256), chunk by chunk.
+    The product is taken in float64 and rounded to float32, so the rows do not depend on the chunk
+    size (a float32 matrix product's rounding follows the BLAS kernel's blocking of the rows)."""
     n, width = rows.shape
     r = None
     if width > dim:
-        r = np.random.default_rng(seed).standard_normal((width, dim), dtype=np.float32) / np.float32(np.sqrt(dim))
+        r = (np.random.default_rng(seed).standard_normal((width, dim), dtype=np.float32) / np.float32(np.sqrt(dim))
+             ).astype(np.float64)
     out = np.empty((n, dim if r is not None else width), dtype=np.float32)
     for s in range(0, n, chunk):
         x = unit(rows[s: s + chunk])
-        out[s: s + len(x)] = x if r is None else x @ r
+        out[s: s + len(x)] = x if r is None else x.astype(np.float64) @ r
     return out
 
 
