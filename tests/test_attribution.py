@@ -14,8 +14,9 @@ import torch
 
 from tests.conftest import compose, run_expecting_error, run_pipeline
 
-SMALL = ["pool.n_per_skill=6", "warmup.lora.r=2", "datastore.projection=none", "datastore.dtype=float32",
-         "stages=[prepare,warmup,datastore,select]"]
+SMALL = ["pool.n_per_skill=6", "warmup.lora.r=2", "warmup.epochs=2", "datastore.projection=none",
+         "datastore.dtype=float32", "stages=[prepare,warmup,datastore,select]"]
+_GRADS: dict = {}  # brute-force gradients by (warmup dir, precond): TRAK and TracIn share them
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,9 @@ def brute_gradients(res: dict, precond: bool) -> dict[int, dict[str, tuple[list[
 
     cfg = compose(SMALL, hydra=False)
     art = res["artifacts"]
+    memo = (art["warmup"]["dir"], precond)
+    if memo in _GRADS:
+        return _GRADS[memo]
     model_dir, warm = art["selector"]["dir"], Path(art["warmup"]["dir"])
     tok = load_tokenizer(cfg.model, model_dir)
     examples = {"pool": read_examples(Path(art["pool"]["dir"]) / "pool.jsonl"),
@@ -78,6 +82,7 @@ def brute_gradients(res: dict, precond: bool) -> dict[int, dict[str, tuple[list[
                 ids.append(str(ex["id"]))
                 grads.append(torch.cat([g.flatten() for g in gs]).numpy())
             out[c["epoch"]][split] = (ids, np.stack(grads))
+    _GRADS[memo] = out
     return out
 
 
