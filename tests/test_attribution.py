@@ -170,6 +170,15 @@ def test_each_method_sets_its_datastore_and_reports_a_target_share(runs):
     assert runs["trak"]["artifacts"]["datastore"]["dir"] == runs["tracin"]["artifacts"]["datastore"]["dir"]
 
 
+def test_overlap_with_less_is_with_less_on_its_own_features(runs, shared_cache, tmp_path):
+    """jaccard_vs_less compares with LESS on Adam, normalised features, not LESS on TRAK's datastore."""
+    less = run_pipeline(["selection=less", *SMALL], shared_cache, tmp_path / "less")
+    again = run_pipeline(["selection=trak", *SMALL], shared_cache, tmp_path / "trak")  # every stage cached
+    ids = lambda p: {json.loads(line)["id"] for line in open(p)}  # noqa: E731
+    a, b = ids(again["selection"]["selected"]), ids(less["selection"]["selected"])
+    assert again["selection"]["jaccard_vs_less"] == pytest.approx(len(a & b) / len(a | b))
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["selection=trak", "selection.damping=0"], "selection.damping must be a number > 0"),
     (["selection=trak", "datastore.gradient_type=adam"],

@@ -82,7 +82,8 @@ def skill_shares(ctx: Context, select_dir: Path) -> dict[str, Any]:
 
 def jaccard_vs_less(ctx: Context, select_dir: Path) -> float | None:
     """Overlap of this selection with the default LESS selection of the same configuration (same
-    fraction / k), if that one is in the cache."""
+    fraction / k; Adam, normalised features where the method's preset set the datastore, as
+    ``selection=trak`` does), if that one is in the cache."""
     from less.paths import conf_dir
 
     defaults = conf_dir() / "selection" / "less.yaml"
@@ -93,6 +94,10 @@ def jaccard_vs_less(ctx: Context, select_dir: Path) -> float | None:
     cfg: DictConfig = copy.deepcopy(ctx.cfg)
     with open_dict(cfg):
         cfg.selection = less
+        own = OmegaConf.load(conf_dir() / "selection" / f"{ctx.cfg.selection.method}.yaml") \
+            if (conf_dir() / "selection" / f"{ctx.cfg.selection.method}.yaml").is_file() else None
+        if own is not None and "datastore" in own and "selection" in own:  # a preset that set its datastore (trak)
+            cfg.datastore.gradient_type, cfg.datastore.normalize = "adam", True  # LESS's own features
     other = ctx.artifact_for(cfg, "select")
     if not other.cached:
         return None
