@@ -15,7 +15,9 @@ The data is written once under ``--dir`` (by a child process) and reused:
 - ``representations/``: ``pool.npy`` (rows x dim float32, clustered), ``target.npy`` and the id
   files, the layout the representations stage writes;
 - ``features/`` and ``datastore/manifest.json``: one checkpoint of ``--grad-dim`` float16 unit rows,
-  the layout the features and datastore stages write (``less`` scores from it).
+  the layout the features and datastore stages write (``less`` scores from it); ``datastore_sgd_false``
+  and ``datastore_precond_true`` list the same rows as the datastores ``trak``/``tracin`` and
+  ``trackstar`` ask for (what they cost does not depend on the values).
 
 Per method it prints the seconds to load the pool, the seconds to score and rank it, and the child
 process's peak RSS (``wait4`` rusage); each must stay under 4 GB at 270k rows. At 270k x 4096 the
@@ -155,6 +157,22 @@ def make_data(d: Path, rows: int, dim: int, grad_dim: int) -> None:
         (d / "datastore").mkdir(exist_ok=True)
         (d / "datastore" / "manifest.json").write_text(json.dumps(
             {"pool": "../features/pool", "target": "../features/target", "files": files}))
+    if grad_dim:  # the datastores trak/tracin and trackstar ask for, over the same rows (timing and memory only)
+        man = json.loads((d / "datastore" / "manifest.json").read_text())
+        for gtype, norm in VARIANTS:
+            v = d / store_name(gtype, norm)
+            v.mkdir(exist_ok=True)
+            files = [{**f, "gradient_type": gtype if f["split"] == "pool" or gtype == "precond" else "sgd",
+                      "normalized": norm} for f in man["files"]]
+            (v / "manifest.json").write_text(json.dumps({**man, "files": files}))
+
+
+VARIANTS = (("sgd", False), ("precond", True))
+
+
+def store_name(gtype: str, normalize: bool) -> str:
+    """The datastore folder of a composed ``datastore.gradient_type`` / ``normalize``."""
+    return "datastore" if (gtype, normalize) == ("adam", True) else f"datastore_{gtype}_{str(normalize).lower()}"
 
 
 def run_one(d: Path, name: str) -> None:
@@ -180,7 +198,8 @@ def run_one(d: Path, name: str) -> None:
     load_s = time.perf_counter() - t
     rss_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     t = time.perf_counter()
-    req = Request(cfg.selection, int(cfg.seed), pool, target, datastore=d / "datastore",
+    store = d / store_name(cfg.datastore.gradient_type, bool(cfg.datastore.normalize))
+    req = Request(cfg.selection, int(cfg.seed), pool, target, datastore=store,
                   representations=d / "representations")
     got = m.score(req)
     scores = np.asarray(getattr(got, "scores", got), dtype=np.float64)

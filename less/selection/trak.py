@@ -34,11 +34,14 @@ def check(cfg: DictConfig) -> None:
 
 
 def kernel(pool, chunk: int = 4096) -> np.ndarray:
-    """Phi^T Phi (d x d, float64) accumulated over row chunks of ``pool`` (N x d, rows decoded per slice)."""
+    """Phi^T Phi (d x d) over row chunks of ``pool`` (N x d, rows decoded per slice): each chunk's
+    product in float32 (the features are stored in float16 or float32), summed in float64."""
+    from tqdm.auto import tqdm
+
     n, d = pool.shape
     k = np.zeros((d, d))
-    for start in range(0, n, chunk):
-        x = np.asarray(pool[start: min(n, start + chunk)], dtype=np.float64)
+    for start in tqdm(range(0, n, chunk), desc=f"trak kernel ({d} x {d})", unit="chunk", disable=n <= chunk):
+        x = np.asarray(pool[start: min(n, start + chunk)], dtype=np.float32)
         k += x.T @ x
     return k
 
