@@ -109,12 +109,18 @@ def learning_rates(res: dict) -> dict[int, float]:
     return {f["checkpoint"]: f["avg_lr"] for f in man["files"] if f["split"] == "pool"}
 
 
-def compare(res: dict, want: dict[str, float]) -> None:
+def paired_scores(res: dict, want: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """(the run's scores, the formula's) over the same pool ids, in one order; empty when the ids differ."""
     got = pool_scores(res)
-    assert set(got) == set(want)
+    if set(got) != set(want):
+        return np.array([]), np.array([0.0])
     ids = sorted(want)
-    a, b = np.array([got[i] for i in ids]), np.array([want[i] for i in ids])
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * np.abs(b).max())
+    return np.array([got[i] for i in ids]), np.array([want[i] for i in ids])
+
+
+def agree(got: np.ndarray, want: np.ndarray) -> bool:
+    """Equal within float32 features' rounding: rtol 1e-3, atol 1e-3 of the largest score."""
+    return got.shape == want.shape and bool(np.allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max()))
 
 
 def test_tracin_is_the_lr_weighted_sum_of_gradient_dot_products(runs):
@@ -126,7 +132,8 @@ def test_tracin_is_the_lr_weighted_sum_of_gradient_dot_products(runs):
         (pool_ids, p), (target_ids, t) = g["pool"], g["target"]
         term = lrs[epoch] * (p @ t.T) / p.shape[1]
         total = term if total is None else total + term
-    compare(res, dict(zip(pool_ids, aggregate(total, target_ids, res))))
+    got, want = paired_scores(res, dict(zip(pool_ids, aggregate(total, target_ids, res))))
+    assert agree(got, want), np.abs(got - want).max() if got.shape == want.shape else 'pool ids differ'
 
 
 def test_trak_is_the_damped_kernel_solve_on_full_gradients(runs):
@@ -141,7 +148,8 @@ def test_trak_is_the_damped_kernel_solve_on_full_gradients(runs):
         k[np.diag_indices_from(k)] += damping * np.trace(k) / k.shape[0]
         term = p @ np.linalg.solve(k, t.T)
         total, n = (term if total is None else total + term), n + 1
-    compare(res, dict(zip(pool_ids, aggregate(total / n, target_ids, res))))
+    got, want = paired_scores(res, dict(zip(pool_ids, aggregate(total / n, target_ids, res))))
+    assert agree(got, want), np.abs(got - want).max() if got.shape == want.shape else 'pool ids differ'
 
 
 def test_trackstar_preconditions_and_normalises_both_sides(runs):
@@ -155,7 +163,8 @@ def test_trackstar_preconditions_and_normalises_both_sides(runs):
         t = t / np.linalg.norm(t, axis=1, keepdims=True)
         term = w[epoch] * (p @ t.T)
         total = term if total is None else total + term
-    compare(res, dict(zip(pool_ids, aggregate(total, target_ids, res))))
+    got, want = paired_scores(res, dict(zip(pool_ids, aggregate(total, target_ids, res))))
+    assert agree(got, want), np.abs(got - want).max() if got.shape == want.shape else 'pool ids differ'
 
 
 def test_each_method_sets_its_datastore_and_reports_a_target_share(runs):
