@@ -100,6 +100,11 @@ def spearman(x, y) -> float:
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     _finite("spearman x", x)
     _finite("spearman y", y)
+    return _spearman(x, y)
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """``spearman`` on inputs already checked finite (the LDS's bootstrap resamples)."""
     rx, ry = ranks(x), ranks(y)
     rx, ry = rx - rx.mean(), ry - ry.mean()
     den = np.sqrt((rx * rx).sum() * (ry * ry).sum())
@@ -124,9 +129,9 @@ def lds(scores, members, losses, seed: int = 0, n_boot: int = BOOTSTRAP, level: 
     _finite("lds scores", np.asarray(scores, dtype=np.float64))
     _finite("lds subset losses", losses)
     pred, actual = subset_sums(scores, members), -losses
-    value = spearman(pred, actual)
+    value = _spearman(pred, actual)
     idx = np.random.default_rng(seed).integers(0, len(losses), size=(n_boot, len(losses)))
-    boot = np.array([spearman(pred[i], actual[i]) for i in idx])
+    boot = np.array([_spearman(pred[i], actual[i]) for i in idx])
     boot = boot[np.isfinite(boot)]
     lo, hi = _interval(boot, level) if len(boot) else (float("nan"), float("nan"))
     return Estimate(value, float(boot.std(ddof=1)) if len(boot) > 1 else float("nan"), lo, hi, len(losses))

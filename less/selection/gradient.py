@@ -98,16 +98,19 @@ def less_method(req: Request) -> Scored:
     return Scored(scores, f.pool_ids, f.extra(req.datastore, checkpoint_weights=weights.tolist()))
 
 
-PLAIN = "datastore.gradient_type=sgd datastore.normalize=false"
-
-
-def plain_gradients(src: DictConfig | Features, name: str) -> None:
-    """Methods whose formula takes the pool's plain gradients at their scale (TRAK, TracIn): the
-    run's config (``check``, before any work) or the datastore it got must have them."""
+def require_features(src: DictConfig | Features, name: str, gradient_type: str, normalize: bool, what: str) -> None:
+    """A method whose formula needs one kind of features: the run's config (its ``check``, before
+    any work) or the datastore it got must have them, else one line naming the options to set."""
     if isinstance(src, Features):
         gt, norm, where = src.gradient_type, src.normalized, "the datastore's pool features are"
     else:
         gt, norm, where = src.datastore.gradient_type, bool(src.datastore.normalize), "the config asks for"
-    if gt != "sgd" or norm:
-        raise ConfigError(f"selection={name} needs the pool's plain gradients, not normalised: set {PLAIN} "
-                          f"({where} gradient_type={gt}, normalize={str(norm).lower()})")
+    if (gt, norm) != (gradient_type, normalize):
+        raise ConfigError(f"selection={name} needs {what}: set datastore.gradient_type={gradient_type} "
+                          f"datastore.normalize={str(normalize).lower()} ({where} gradient_type={gt}, "
+                          f"normalize={str(norm).lower()})")
+
+
+def plain_gradients(src: DictConfig | Features, name: str) -> None:
+    """TRAK's and TracIn's features: the pool's plain gradients at their scale."""
+    require_features(src, name, "sgd", False, "the pool's plain gradients, not normalised")

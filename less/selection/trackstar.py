@@ -17,21 +17,13 @@ from __future__ import annotations
 import numpy as np
 from omegaconf import DictConfig
 
-from less.errors import ConfigError
-from less.selection.gradient import Features, load_features, target_subtasks
+from less.selection.gradient import Features, load_features, require_features, target_subtasks
 from less.selection.registry import Request, Scored, method
-
-NEEDS = "datastore.gradient_type=precond datastore.normalize=true"
 
 
 def preconditioned(src: DictConfig | Features) -> None:
-    if isinstance(src, Features):
-        gt, norm, where = src.gradient_type, src.normalized, "the datastore's pool features are"
-    else:
-        gt, norm, where = src.datastore.gradient_type, bool(src.datastore.normalize), "the config asks for"
-    if gt != "precond" or not norm:
-        raise ConfigError(f"selection=trackstar needs second-moment-preconditioned, unit-normalised gradients on both "
-                          f"sides: set {NEEDS} ({where} gradient_type={gt}, normalize={str(norm).lower()})")
+    require_features(src, "trackstar", "precond", True,
+                     "second-moment-preconditioned, unit-normalised gradients on both sides")
 
 
 @method("trackstar", needs="gradients", check=preconditioned)

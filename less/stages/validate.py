@@ -142,7 +142,7 @@ def summary(r: dict[str, Any]) -> list[str]:
     v = r.get("validate")
     if not v:
         return []
-    note = f" ({v['unscored']} examples the method dropped count as its mean score)" if v.get("unscored") else ""
+    note = f" ({v['unscored']} examples the method left unranked count as its mean score)" if v.get("unscored") else ""
     return [f"LDS of {v['method']} on {v['task']} over {v['subsets']} random subsets (alpha={v['alpha']}): "
             f"{v['lds']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]{note}"]
 
