@@ -45,6 +45,8 @@ SUMMARY = {
     "init_adapter": ["selector.kind", "selector.path"],
     "features": ["split", "datastore.projection.dims", "datastore.gradient_type"],
     "representations": ["pooling", "model"],
+    "ekfac_factors": ["fisher", "max_examples", "seed"],
+    "influence": ["damping", "batch_size"],
     "select": ["selection.method", "selection.fraction", "selection.k"],
     "train": ["train.mode", "train.epochs", "train.lr"],
     "eval": ["eval.tasks", "eval.limit"],

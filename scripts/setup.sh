@@ -12,6 +12,8 @@ if [ ! -f "$stamp" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q "torch==2.13.0"
   "$VENV/bin/pip" install -q -e ".[dev]"
+  # selection=ekfac: kronfluence without its declared torchvision (never imported; see pyproject.toml)
+  "$VENV/bin/pip" install -q --no-deps "kronfluence==1.0.1"
   rm -f "$VENV"/.less-setup-*
   touch "$stamp"
 fi

@@ -33,7 +33,8 @@ from less.errors import DataError
 
 COLUMNS = ("subtask", "rank", "id", "source", "score", "top_checkpoint", "text")
 # role of a select artifact's input -> its cache kind (less/stages/select.py ``inputs``)
-INPUT_KINDS = {"pool": "pool", "target": "target", "datastore": "datastore", "representations": "representations"}
+INPUT_KINDS = {"pool": "pool", "target": "target", "datastore": "datastore", "representations": "representations",
+               "influence": "influence"}
 
 
 def select_dir(path: str | Path) -> Path:

@@ -7,6 +7,7 @@
 
 ``needs`` says which artifact the runner must provide: ``"gradients"`` (the LESS datastore in
 ``req.datastore``), ``"representations"`` (the selector's hidden states in ``req.representations``)
+``"influence"`` (EK-FAC's pairwise scores in ``req.influence``, less.stages.influence)
 or ``"nothing"``. ``scored=False`` says the scores rank nothing (``full``: it keeps every example), so the method
 has no LDS. ``target_free=True`` means the scores ignore the target, so one selection (and
 the model trained on it) serves every target. ``check(cfg)`` validates the method's own settings
@@ -28,7 +29,7 @@ from omegaconf import DictConfig
 
 from less.registry import Registry, origin
 
-NEEDS = ("gradients", "representations", "nothing")
+NEEDS = ("gradients", "representations", "influence", "nothing")
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Request:
     target: list[dict[str, Any]] | None
     datastore: Path | None = None
     representations: Path | None = None
+    influence: Path | None = None
 
     def n_select(self, n_scored: int) -> int:
         """How many rows the selection keeps out of ``n_scored`` (a fraction of the whole pool)."""

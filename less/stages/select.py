@@ -40,7 +40,8 @@ def build(ctx: Context, inputs: Inputs, out: Path) -> None:
     target = read_examples(inputs["target"].dir / "target.jsonl") if "target" in inputs else None
     req = Request(s, ctx.cfg.seed, pool_rows, target,
                   datastore=inputs["datastore"].dir if "datastore" in inputs else None,
-                  representations=inputs["representations"].dir if "representations" in inputs else None)
+                  representations=inputs["representations"].dir if "representations" in inputs else None,
+                  influence=inputs["influence"].dir if "influence" in inputs else None)
     got = m.score(req)
     res = got if isinstance(got, Scored) else Scored(got)
     scores = np.asarray(res.scores, dtype=np.float64)
@@ -152,8 +153,8 @@ def inputs(ctx: Context) -> dict[str, str]:
     out = {"pool": "pool"} if m.target_free else {"pool": "pool", "target": "target"}
     if m.needs == "gradients":
         out["datastore"] = "datastore"
-    if m.needs == "representations":
-        out["representations"] = "representations"
+    if m.needs in ("representations", "influence"):
+        out[m.needs] = m.needs
     return out
 
 

@@ -48,11 +48,13 @@ def warmup_indices(n_pool: int, fraction: float, seed: int) -> list[int]:
 
 def needs_warmup(ctx: Context) -> bool:
     """The warmup run is made for the gradient features (unless they come from a fresh LoRA or an
-    external run) and for representations taken with its last checkpoint (rds/kcenter ``model: warmup``)."""
-    from less.stages.representations import uses_warmup
+    external run), for representations taken with its last checkpoint (rds/kcenter ``model: warmup``)
+    and for EK-FAC's factors and scores (its last checkpoint's LoRA)."""
+    from less.stages import influence, representations
 
     ds = ctx.cfg.datastore
-    return (needs_gradients(ctx) and ds.use_warmup and not ds.warmup_dir) or uses_warmup(ctx)
+    return ((needs_gradients(ctx) and ds.use_warmup and not ds.warmup_dir) or representations.uses_warmup(ctx)
+            or influence.uses_warmup(ctx))
 
 
 def build_warmup(ctx: Context, inputs: Inputs, out: Path) -> None:

@@ -1,0 +1,217 @@
+"""EK-FAC influence functions (Grosse et al., 2023: "Studying Large Language Model Generalization
+with Influence Functions"; George et al., 2018 for EK-FAC) through ``kronfluence``:
+
+    score(z) = max over subtasks s of  mean over target z' in s of  grad L(z')^T (G + lambda I)^-1 grad L(z)
+
+grad L: the gradient of an example's loss (mean over its labelled tokens, as every other gradient
+of this harness) with respect to the selector's LoRA parameters at the last warmup checkpoint
+(the final warmup LoRA, LESS's selection model). G: kronfluence's EK-FAC approximation of the
+Gauss-Newton Hessian (the true Fisher: labels sampled from the model's own distribution, seeded),
+block-diagonal over the LoRA modules (every ``lora_A`` and ``lora_B`` Linear), fitted on the pool.
+lambda: ``selection.ekfac.damping`` (absolute, added to every EK-FAC eigenvalue), or null for
+kronfluence's heuristic (0.1 x the mean eigenvalue of each module).
+
+Two artifacts, each cached (``less.stages.influence``): the factors (covariances, their
+eigendecomposition and the corrected eigenvalues: fitted once per selector, warmup and pool) and
+the pairwise scores of every target example against every pool example; the method itself only
+aggregates those, as LESS aggregates its similarities. Scores are positive when training on z
+lowers the loss of z' to first order (the sign of LESS's).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from less.errors import ConfigError, require
+from less.selection.gradient import target_subtasks
+from less.selection.registry import Request, Scored, method
+from less.selection.scoring import aggregate
+
+if TYPE_CHECKING:
+    import torch
+
+    from less.data.formats import Encoded
+
+ANALYSIS, FACTORS, SCORES = "ekfac", "factors", "scores"  # kronfluence's names under an output dir
+MISSING_DEPENDENCY = ("selection=ekfac needs kronfluence: `pip install --no-deps kronfluence==1.0.1 einconv` "
+                      "(scripts/setup.sh does; docs/selection-methods.md says why --no-deps)")
+
+
+def check(cfg: DictConfig) -> None:
+    e = cfg.selection.ekfac
+    d = e.damping
+    require(d is None or (isinstance(d, (int, float)) and not isinstance(d, bool) and d > 0),
+            f"selection.ekfac.damping must be null (kronfluence's heuristic) or a number > 0, got {d!r}")
+    for key in ("batch_size", "max_examples"):
+        v = e[key]
+        require(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                f"selection.ekfac.{key} must be a positive integer, got {v!r}")
+    require(e.fisher in ("sampled", "empirical"), f"selection.ekfac.fisher must be sampled or empirical, got {e.fisher!r}")
+
+
+def kronfluence():
+    """The kronfluence modules used here, or one line saying how to install it."""
+    try:
+        import kronfluence.analyzer as analyzer
+        import kronfluence.arguments as arguments
+        import kronfluence.task as task
+        import kronfluence.utils.dataset as dataset
+    except ImportError as e:
+        raise ConfigError(f"{MISSING_DEPENDENCY} ({e})") from None
+    return analyzer, arguments, task, dataset
+
+
+def lora_modules(model) -> list[str]:
+    """Names of the model's LoRA Linear modules (``...lora_A.<adapter>``, ``...lora_B.<adapter>``),
+    the only ones EK-FAC tracks; one line if there are none."""
+    import torch
+
+    names = [n for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) and (".lora_A." in n or ".lora_B." in n)]
+    if not names:
+        raise ConfigError("selection=ekfac needs a model with LoRA modules (the warmup's adapter): "
+                          f"{type(model).__name__} has none (check warmup.lora.target_modules, datastore.warmup_dir)")
+    return names
+
+
+def example_losses(logits: "torch.Tensor", labels: "torch.Tensor") -> "torch.Tensor":
+    """(B,) per-example loss: the mean cross-entropy over an example's labelled tokens (labels
+    shifted by one, -100 ignored), in float32."""
+    import torch.nn.functional as F
+
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    tok = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                          reduction="none").view(labels.shape)
+    return tok.sum(1) / (labels != -100).sum(1).clamp(min=1)
+
+
+def make_task(modules: list[str]):
+    """A kronfluence ``Task`` for causal LMs: training loss and measurement are the sum over the
+    batch of each example's mean token loss (so per-example gradients are this harness's); with
+    ``sample=True`` the labels of the labelled positions are drawn from the model (true Fisher)."""
+    import torch
+
+    _, _, task, _ = kronfluence()
+
+    class CausalLMTask(task.Task):
+        def compute_train_loss(self, batch, model, sample=False):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            labels = batch["labels"]
+            if sample:
+                with torch.no_grad():
+                    probs = torch.softmax(logits.detach().float(), dim=-1)
+                    drawn = torch.multinomial(probs.view(-1, probs.shape[-1]), 1).view(labels.shape)
+                    # logits at t predict token t+1: the draw at t-1 replaces the label at t
+                    drawn = torch.cat([labels[:, :1], drawn[:, :-1]], dim=1)
+                    labels = torch.where(labels == -100, labels, drawn)
+            return example_losses(logits, labels).sum()
+
+        def compute_measurement(self, batch, model):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            return example_losses(logits, batch["labels"]).sum()
+
+        def get_influence_tracked_modules(self):
+            return modules
+
+        def get_attention_mask(self, batch):
+            return batch["attention_mask"]
+
+    return CausalLMTask()
+
+
+class EncodedDataset:
+    """A map-style dataset of encoded examples (``less.data.formats.Encoded``): item i is its
+    (input ids, labels); ``collate`` right-pads a batch of items (pad id, attention mask 0, label
+    -100). Items carry their data because kronfluence gives one collate to every dataset it reads."""
+
+    def __init__(self, enc: "Encoded", pad_id: int):
+        self.enc, self.pad_id = enc, pad_id
+
+    def __len__(self) -> int:
+        return len(self.enc)
+
+    def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
+        return self.enc.input_ids[i], self.enc.labels[i]
+
+    def collate(self, items: list[tuple[list[int], list[int]]]) -> dict[str, "torch.Tensor"]:
+        import torch
+
+        width = max(len(ids) for ids, _ in items)
+        out = {"input_ids": torch.full((len(items), width), self.pad_id, dtype=torch.long),
+               "attention_mask": torch.zeros((len(items), width), dtype=torch.long),
+               "labels": torch.full((len(items), width), -100, dtype=torch.long)}
+        for r, (ids, labels) in enumerate(items):
+            out["input_ids"][r, :len(ids)] = torch.tensor(ids)
+            out["attention_mask"][r, :len(ids)] = 1
+            out["labels"][r, :len(ids)] = torch.tensor(labels)
+        return out
+
+
+def _analyzer(model, task, out: Path, data: EncodedDataset, device: "torch.device"):
+    analyzer, _, _, dataset = kronfluence()
+    a = analyzer.Analyzer(ANALYSIS, model, task, cpu=device.type == "cpu", output_dir=str(out))
+    a.set_dataloader_kwargs(dataset.DataLoaderKwargs(collate_fn=data.collate))
+    return a
+
+
+def prepare(model, modules: list[str] | None = None):
+    """(model wrapped for kronfluence, task) tracking the model's LoRA modules (or ``modules``)."""
+    analyzer, _, _, _ = kronfluence()
+    task = make_task(modules if modules is not None else lora_modules(model))
+    return analyzer.prepare_model(model, task), task
+
+
+def fit_factors(model, task, pool: EncodedDataset, out: Path, device: "torch.device", *, batch_size: int,
+                seed: int, max_examples: int, fisher: str = "sampled") -> None:
+    """Fit EK-FAC factors on ``pool`` into ``out`` (kronfluence's layout: ``ekfac/factors_factors``);
+    the sampled labels of the true Fisher come from ``torch.manual_seed(seed)``."""
+    import torch
+
+    _, arguments, _, _ = kronfluence()
+    torch.manual_seed(seed)
+    args = arguments.FactorArguments(strategy="ekfac", use_empirical_fisher=fisher == "empirical",
+                                     covariance_max_examples=max_examples, lambda_max_examples=max_examples)
+    _analyzer(model, task, out, pool, device).fit_all_factors(
+        FACTORS, pool, per_device_batch_size=batch_size, factor_args=args, overwrite_output_dir=True)
+
+
+def factors_dir(root: Path) -> Path:
+    return Path(root) / ANALYSIS / f"factors_{FACTORS}"
+
+
+def pairwise_scores(model, task, target: EncodedDataset, pool: EncodedDataset, factors: Path, work: Path,
+                    device: "torch.device", *, batch_size: int, damping: float | None) -> np.ndarray:
+    """(n_target, n_pool) float32: kronfluence's pairwise influence of every pool example on every
+    target example's loss, with the factors fitted under ``factors`` (``fit_factors``' out). The
+    factors are linked into ``work``, where kronfluence writes its scores; they are read back."""
+    _, arguments, _, _ = kronfluence()
+    link = factors_dir(work)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        link.symlink_to(factors_dir(factors).resolve(), target_is_directory=True)
+    a = _analyzer(model, task, work, pool, device)
+    a.compute_pairwise_scores(SCORES, FACTORS, query_dataset=target, train_dataset=pool,
+                              per_device_query_batch_size=batch_size, per_device_train_batch_size=batch_size,
+                              score_args=arguments.ScoreArguments(damping_factor=damping), overwrite_output_dir=True)
+    return a.load_pairwise_scores(SCORES)["all_modules"].float().cpu().numpy()
+
+
+def read_ids(path: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in open(path)]
+
+
+@method("ekfac", needs="influence", check=check)
+def ekfac_method(req: Request) -> Scored:
+    d = req.influence
+    scores = np.load(d / "scores.npy", mmap_mode="r")  # (n_target, n_pool)
+    pool_ids, target_ids = read_ids(d / "pool_ids.jsonl"), read_ids(d / "target_ids.jsonl")
+    info: dict[str, Any] = json.loads((d / "influence.json").read_text())
+    agg = aggregate(lambda ix: np.asarray(scores[ix], dtype=np.float64).T, target_subtasks(req, target_ids),
+                    reduce=req.selection.subtask_reduce)
+    return Scored(agg, pool_ids, {"influence": str(d), "damping": info["damping"], "n_dropped": len(info["dropped_ids"]),
+                                  "dropped": info["dropped"], "lora_modules": info["n_modules"]})
