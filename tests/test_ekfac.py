@@ -111,7 +111,8 @@ def test_scores_are_kronfluences_pairwise_scores_aggregated_like_less(empirical)
 
 
 def test_factors_are_their_own_artifact_and_the_sampled_fisher_is_seeded(empirical, shared_cache, tmp_path):
-    """A new damping reuses the factors; the sampled (true) Fisher gives other factors than the
+    """A new damping reuses the factors; several passes over the pool (few target gradients held
+    at once) give the scores of one; the sampled (true) Fisher gives other factors than the
     empirical one, the same bytes when fitted again from the same seed and others from another."""
     from safetensors.numpy import load_file
 
@@ -122,6 +123,12 @@ def test_factors_are_their_own_artifact_and_the_sampled_fisher_is_seeded(empiric
                         tmp_path / "l1")
     assert damped["ekfac_factors"] == art["ekfac_factors"] and damped["influence"] != art["influence"]
     assert again["artifacts"]["ekfac_factors"]["cached"] is True
+    # target gradients held 8 at a time (several passes over the pool): the same scores
+    few = [*SMALL, "selection.ekfac.fisher=empirical", "selection.ekfac.query_gb=1e-6"]
+    run_pipeline(few, shared_cache, tmp_path / "few")
+    chunked = _artifacts(few, shared_cache, tmp_path / "l2")["influence"]
+    assert chunked != art["influence"]
+    np.testing.assert_allclose(np.load(chunked / "scores.npy"), np.load(art["influence"] / "scores.npy"), rtol=1e-5, atol=0)
 
     def lambdas(factors: Path) -> dict[str, np.ndarray]:
         return load_file(factors / "ekfac" / "factors_factors" / "lambda_matrix.safetensors")
@@ -131,6 +138,12 @@ def test_factors_are_their_own_artifact_and_the_sampled_fisher_is_seeded(empiric
                               ("seed0_again", [], with_session_models(shared_cache, tmp_path / "fresh"))):
         run_pipeline([*SMALL, *over], cache, tmp_path / name)
         fits[name] = lambdas(_artifacts([*SMALL, *over], cache, tmp_path / f"l{name}")["ekfac_factors"])
+    # fitted on a seeded sample of the pool when it is larger than selection.ekfac.max_examples
+    run_pipeline([*SMALL, "selection.ekfac.max_examples=20"], shared_cache, tmp_path / "sample")
+    sample = _artifacts([*SMALL, "selection.ekfac.max_examples=20"], shared_cache, tmp_path / "ls")["ekfac_factors"]
+    meta = json.loads((sample / "ekfac" / "factors_factors" / "covariance_dataset_metadata.json").read_text())
+    info = json.loads((sample / "factors.json").read_text())
+    assert meta["dataset_size"] == info["n_fit"] == 20 < info["n_pool"]
     emp = lambdas(art["ekfac_factors"])
     same = lambda a, b: all(np.array_equal(a[k], b[k]) for k in a)  # noqa: E731
     assert same(fits["seed0"], fits["seed0_again"])
@@ -233,6 +246,7 @@ def test_a_model_without_lora_modules_is_one_line():
     (["selection.ekfac.damping=-1"], "selection.ekfac.damping must be null"),
     (["selection.ekfac.fisher=true"], "selection.ekfac.fisher must be sampled or empirical"),
     (["selection.ekfac.batch_size=0"], "selection.ekfac.batch_size must be a positive integer"),
+    (["selection.ekfac.query_gb=0"], "selection.ekfac.query_gb must be a number > 0"),
 ])
 def test_bad_settings_are_one_line(overrides, message, tmp_path, capsys):
     err = run_expecting_error(["selection=ekfac", *overrides], tmp_path / "cache", tmp_path / "out", capsys)

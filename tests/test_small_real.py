@@ -170,23 +170,56 @@ def _planted_pool(path: Path, per_source: int, n_planted: int) -> set[str]:
     return planted
 
 
-@pytest.mark.slow
-def test_less_finds_target_content_planted_in_a_real_pool(small_model, tmp_path):
-    """200 real pool examples and 20 MMLU test questions asked as D_val asks them (header, lettered
-    choices, "The answer is:"): LESS with the small model (warmup, Adam features, MMLU's D_val)
-    fills its top 5% (11) with planted questions, where random picks would hold one on average.
-    This checks the pipeline on real data, not what the model understands: the tiny model finds
-    them too (measured 10 of 11), and neither finds the same questions asked plainly (question ->
-    answer text: 1 of 11 each; experiments/README.md)."""
-    planted = _planted_pool(tmp_path / "pool.jsonl", 50, 20)
-    cache = tmp_path / "cache"
+@pytest.fixture(scope="module")
+def planted(small_model, tmp_path_factory) -> tuple[set[str], list[str], Path]:
+    """(planted ids, the pipeline overrides of the planted pool, a cache holding the small model):
+    200 real pool examples and 20 MMLU test questions asked as D_val asks them (header, lettered
+    choices, "The answer is:"). The runs below share its warmup."""
+    d = tmp_path_factory.mktemp("planted")
+    ids = _planted_pool(d / "pool.jsonl", 50, 20)
+    cache = d / "cache"
     (cache / "model").mkdir(parents=True)
     (cache / "model" / small_model[1]).symlink_to(small_model[0])  # read-only reuse under today's key
-    res = run_pipeline(["model=small", f"data.root={DATA}", "pool=jsonl", f"pool.files=[{tmp_path / 'pool.jsonl'}]",
-                        "target=mmlu", "stages=[prepare,warmup,datastore,select]"], cache, tmp_path / "out")
+    over = ["model=small", f"data.root={DATA}", "pool=jsonl", f"pool.files=[{d / 'pool.jsonl'}]", "target=mmlu",
+            "stages=[prepare,warmup,datastore,select]"]
+    return ids, over, cache
+
+
+def _ranked(res: dict) -> list[str]:
+    return [row["id"] for row in csv.DictReader(open(res["selection"]["ranking"]))]
+
+
+@pytest.mark.slow
+def test_less_finds_target_content_planted_in_a_real_pool(planted, tmp_path):
+    """LESS with the small model (warmup, Adam features, MMLU's D_val) fills its top 5% (11) with
+    planted questions, where random picks would hold one on average. This checks the pipeline on
+    real data, not what the model understands: the tiny model finds them too (measured 10 of 11),
+    and neither finds the same questions asked plainly (question -> answer text: 1 of 11 each;
+    experiments/README.md)."""
+    ids, over, cache = planted
+    res = run_pipeline([*over, "selection=less"], cache, tmp_path / "out")
     assert res["artifacts"]["model"]["cached"] is True
     selected = [json.loads(line)["id"] for line in open(res["selection"]["selected"])]
-    ranked = [row["id"] for row in csv.DictReader(open(res["selection"]["ranking"]))]
+    ranked = _ranked(res)
     assert len(selected) == 11 and ranked[:11] == selected
     # measured: all 11 selected are planted, and 19 of the 20 planted rank first
-    assert set(selected) <= planted and len(planted & set(ranked[:20])) >= 18, ranked[:20]
+    assert set(selected) <= ids and len(ids & set(ranked[:20])) >= 18, ranked[:20]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, extra, at_least, at_most", [
+    ("tracin", ["datastore.checkpoints=[4]"], 10, 11),     # measured 11 of 11 (all 4 checkpoints: 11)
+    ("trackstar", ["datastore.checkpoints=[4]"], 10, 11),  # measured 11 (all 4: 11)
+    ("ekfac", ["selection.ekfac.max_examples=100"], 10, 11),  # measured 11 (factors on all 220: 11)
+    ("trak", ["datastore.checkpoints=[4]"], 0, 4),         # measured 2 (all 4: 1); damping 1: 7 (docs)
+])
+def test_attribution_methods_on_the_planted_pool(planted, method, extra, at_least, at_most, tmp_path):
+    """The same planted pool, each attribution method (on the last warmup checkpoint, or EK-FAC's
+    factors on 100 of the pool, to keep the cost down): planted questions in its top 5% (11; base
+    rate 1). TracIn, TrackStar and EK-FAC recover them; TRAK does not at its default damping
+    (0.01 x the kernel's mean eigenvalue): its inverse kernel discounts what many pool examples
+    share, and the 20 planted questions share their format (docs/selection-methods.md)."""
+    ids, over, cache = planted
+    res = run_pipeline([*over, f"selection={method}", *extra], cache, tmp_path / "out")
+    got = len(ids & set(_ranked(res)[:11]))
+    assert at_least <= got <= at_most, (method, got, _ranked(res)[:11])

@@ -51,6 +51,9 @@ def check(cfg: DictConfig) -> None:
         v = e[key]
         require(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                 f"selection.ekfac.{key} must be a positive integer, got {v!r}")
+    q = e.query_gb
+    require(isinstance(q, (int, float)) and not isinstance(q, bool) and q > 0,
+            f"selection.ekfac.query_gb must be a number > 0 (GiB of preconditioned target gradients held at once), got {q!r}")
     require(e.fisher in ("sampled", "empirical"), f"selection.ekfac.fisher must be sampled or empirical, got {e.fisher!r}")
 
 
@@ -125,18 +128,32 @@ def make_task(modules: list[str]):
 
 
 class EncodedDataset:
-    """A map-style dataset of encoded examples (``less.data.formats.Encoded``): item i is its
-    (input ids, labels); ``collate`` right-pads a batch of items (pad id, attention mask 0, label
+    """A map-style dataset of encoded examples (``less.data.formats.Encoded``; ``rows``: only
+    those), shortest first (so that kronfluence's fixed-size batches carry little padding): item i
+    is example ``order[i]``'s (input ids, labels); ``in_enc_order`` puts an axis of results over
+    every example back in the encoding's order. ``collate`` right-pads a batch of items (pad id, attention mask 0, label
     -100). Items carry their data because kronfluence gives one collate to every dataset it reads."""
 
-    def __init__(self, enc: "Encoded", pad_id: int):
+    def __init__(self, enc: "Encoded", pad_id: int, rows: np.ndarray | None = None):
         self.enc, self.pad_id = enc, pad_id
+        rows = np.arange(len(enc)) if rows is None else np.sort(np.asarray(rows))
+        self.order = rows[np.argsort([len(enc.input_ids[r]) for r in rows], kind="stable")]
 
     def __len__(self) -> int:
-        return len(self.enc)
+        return len(self.order)
 
     def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
-        return self.enc.input_ids[i], self.enc.labels[i]
+        j = int(self.order[i])
+        return self.enc.input_ids[j], self.enc.labels[j]
+
+    def in_enc_order(self, x: np.ndarray, axis: int) -> np.ndarray:
+        if len(self.order) != len(self.enc):
+            raise ValueError("in_enc_order: this dataset holds a subset of the examples")
+        out = np.empty_like(x)
+        index = [slice(None)] * x.ndim
+        index[axis] = self.order
+        out[tuple(index)] = x
+        return out
 
     def collate(self, items: list[tuple[list[int], list[int]]]) -> dict[str, "torch.Tensor"]:
         import torch
@@ -166,10 +183,17 @@ def prepare(model, modules: list[str] | None = None):
     return analyzer.prepare_model(model, task), task
 
 
-def fit_factors(model, task, pool: EncodedDataset, out: Path, device: "torch.device", *, batch_size: int,
+def fit_subset(n: int, max_examples: int, seed: int) -> np.ndarray | None:
+    """The pool rows the factors are fitted on: all (None), or a seeded sample of ``max_examples``
+    (kronfluence itself would take the first ones, which follow the pool's source order)."""
+    return None if n <= max_examples else np.random.default_rng(seed).choice(n, max_examples, replace=False)
+
+
+def fit_factors(model, task, pool, out: Path, device: "torch.device", *, batch_size: int,
                 seed: int, max_examples: int, fisher: str = "sampled") -> None:
-    """Fit EK-FAC factors on ``pool`` into ``out`` (kronfluence's layout: ``ekfac/factors_factors``);
-    the sampled labels of the true Fisher come from ``torch.manual_seed(seed)``."""
+    """Fit EK-FAC factors on ``pool`` (any map-style dataset with ``collate``; up to its first
+    ``max_examples``) into ``out`` (kronfluence's layout: ``ekfac/factors_factors``); the sampled
+    labels of the true Fisher come from ``torch.manual_seed(seed)``."""
     import torch
 
     _, arguments, _, _ = kronfluence()
@@ -185,20 +209,38 @@ def factors_dir(root: Path) -> Path:
 
 
 def pairwise_scores(model, task, target: EncodedDataset, pool: EncodedDataset, factors: Path, work: Path,
-                    device: "torch.device", *, batch_size: int, damping: float | None) -> np.ndarray:
+                    device: "torch.device", *, batch_size: int, damping: float | None,
+                    query_gb: float | None = None) -> np.ndarray:
     """(n_target, n_pool) float32: kronfluence's pairwise influence of every pool example on every
     target example's loss, with the factors fitted under ``factors`` (``fit_factors``' out). The
-    factors are linked into ``work``, where kronfluence writes its scores; they are read back."""
+    factors are linked into ``work``, where kronfluence writes its scores; they are read back.
+
+    kronfluence passes over the whole pool once per group of query batches it holds: as many
+    target examples' preconditioned gradients as fit in ``query_gb`` GiB (4 bytes per tracked
+    parameter each; default: all) are accumulated before each pass (``query_chunk``)."""
     _, arguments, _, _ = kronfluence()
     link = factors_dir(work)
     link.parent.mkdir(parents=True, exist_ok=True)
     if not link.exists():
         link.symlink_to(factors_dir(factors).resolve(), target_is_directory=True)
+    chunk = query_chunk(model, task, len(target), batch_size, query_gb)
+    args = arguments.ScoreArguments(damping_factor=damping, query_gradient_accumulation_steps=-(-chunk // batch_size))
     a = _analyzer(model, task, work, pool, device)
     a.compute_pairwise_scores(SCORES, FACTORS, query_dataset=target, train_dataset=pool,
                               per_device_query_batch_size=batch_size, per_device_train_batch_size=batch_size,
-                              score_args=arguments.ScoreArguments(damping_factor=damping), overwrite_output_dir=True)
+                              score_args=args, overwrite_output_dir=True)
     return a.load_pairwise_scores(SCORES)["all_modules"].float().cpu().numpy()
+
+
+def query_chunk(model, task, n_target: int, batch_size: int, query_gb: float | None) -> int:
+    """How many target examples' preconditioned gradients to hold per pass over the pool: all, or
+    as many as fit in ``query_gb`` GiB at 4 bytes per tracked parameter (at least one batch)."""
+    if query_gb is None:
+        return n_target
+    modules = dict(model.named_modules())
+    n_params = sum(p.numel() for name in task.get_influence_tracked_modules() for p in modules[name].parameters())
+    fit = int(query_gb * 2**30 // (4 * max(1, n_params)))
+    return max(batch_size, min(n_target, fit - fit % batch_size))
 
 
 def read_ids(path: Path) -> list[str]:

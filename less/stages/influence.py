@@ -71,15 +71,16 @@ def _selector(ctx: Context, inputs: Inputs):
 
 
 def build_factors(ctx: Context, inputs: Inputs, out: Path) -> None:
-    from less.selection.ekfac import EncodedDataset, fit_factors
+    from less.selection.ekfac import EncodedDataset, fit_factors, fit_subset
 
     e = ctx.cfg.selection.ekfac
     model, task, tok, n_modules = _selector(ctx, inputs)
-    pool = EncodedDataset(_encode(ctx, tok, inputs, "pool"), tok.pad_token_id)
+    enc = _encode(ctx, tok, inputs, "pool")
+    pool = EncodedDataset(enc, tok.pad_token_id, rows=fit_subset(len(enc), e.max_examples, ctx.cfg.seed))
     t0 = time.perf_counter()
     fit_factors(model, task, pool, out, ctx.device, batch_size=e.batch_size, seed=ctx.cfg.seed,
                 max_examples=e.max_examples, fisher=e.fisher)
-    write_json_atomic(out / "factors.json", {"n_fit": min(len(pool), e.max_examples), "n_modules": n_modules,
+    write_json_atomic(out / "factors.json", {"n_fit": len(pool), "n_pool": len(enc), "n_modules": n_modules,
                                               "seconds": round(time.perf_counter() - t0, 3)})
 
 
@@ -97,9 +98,10 @@ def build_influence(ctx: Context, inputs: Inputs, out: Path) -> None:
     pool_enc, target_enc = _encode(ctx, tok, inputs, "pool"), _encode(ctx, tok, inputs, "target")
     work = out / "kronfluence"
     t0 = time.perf_counter()
-    scores = pairwise_scores(model, task, EncodedDataset(target_enc, tok.pad_token_id),
-                             EncodedDataset(pool_enc, tok.pad_token_id), inputs["factors"].dir, work, ctx.device,
-                             batch_size=e.batch_size, damping=e.damping)
+    target, pool = EncodedDataset(target_enc, tok.pad_token_id), EncodedDataset(pool_enc, tok.pad_token_id)
+    scores = pairwise_scores(model, task, target, pool, inputs["factors"].dir, work, ctx.device,
+                             batch_size=e.batch_size, damping=e.damping, query_gb=e.query_gb)
+    scores = pool.in_enc_order(target.in_enc_order(scores, 0), 1)  # rows, columns in the ids' order
     seconds = time.perf_counter() - t0
     shutil.rmtree(work)  # kronfluence's copy of the scores, and the link to the factors
     if scores.shape != (len(target_enc), len(pool_enc)) or not np.isfinite(scores).all():
@@ -117,7 +119,7 @@ def build_influence(ctx: Context, inputs: Inputs, out: Path) -> None:
 def influence_config(ctx: Context) -> dict[str, Any]:
     e = ctx.cfg.selection.ekfac
     return {**_encoding(ctx), "target_truncation": ctx.cfg.datastore.target_truncation, "damping": e.damping,
-            "batch_size": e.batch_size}
+            "batch_size": e.batch_size, "query_gb": e.query_gb}
 
 
 def _inputs(ctx: Context, **more: str) -> dict[str, str]:
