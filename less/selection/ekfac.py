@@ -131,8 +131,9 @@ class EncodedDataset:
     """A map-style dataset of encoded examples (``less.data.formats.Encoded``; ``rows``: only
     those), shortest first (so that kronfluence's fixed-size batches carry little padding): item i
     is example ``order[i]``'s (input ids, labels); ``in_enc_order`` puts an axis of results over
-    every example back in the encoding's order. ``collate`` right-pads a batch of items (pad id, attention mask 0, label
-    -100). Items carry their data because kronfluence gives one collate to every dataset it reads."""
+    every example back in the encoding's order. ``collate`` right-pads a batch of items as the
+    datastore does (``pad_batch``). Items carry their data because kronfluence gives one collate
+    to every dataset it reads."""
 
     def __init__(self, enc: "Encoded", pad_id: int, rows: np.ndarray | None = None):
         self.enc, self.pad_id = enc, pad_id
@@ -158,15 +159,12 @@ class EncodedDataset:
     def collate(self, items: list[tuple[list[int], list[int]]]) -> dict[str, "torch.Tensor"]:
         import torch
 
-        width = max(len(ids) for ids, _ in items)
-        out = {"input_ids": torch.full((len(items), width), self.pad_id, dtype=torch.long),
-               "attention_mask": torch.zeros((len(items), width), dtype=torch.long),
-               "labels": torch.full((len(items), width), -100, dtype=torch.long)}
-        for r, (ids, labels) in enumerate(items):
-            out["input_ids"][r, :len(ids)] = torch.tensor(ids)
-            out["attention_mask"][r, :len(ids)] = 1
-            out["labels"][r, :len(ids)] = torch.tensor(labels)
-        return out
+        from less.data.formats import Encoded
+        from less.gradients.features import pad_batch
+
+        batch = Encoded([""] * len(items), [ids for ids, _ in items], [labels for _, labels in items])
+        ids, mask, labels = pad_batch(batch, list(range(len(items))), self.pad_id, torch.device("cpu"))
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def _analyzer(model, task, out: Path, data: EncodedDataset, device: "torch.device"):
