@@ -14,7 +14,6 @@ so the examples left unranked are the ones LESS leaves. kronfluence shows its ow
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +76,9 @@ def build_factors(ctx: Context, inputs: Inputs, out: Path) -> None:
     model, task, tok, n_modules = _selector(ctx, inputs)
     enc = _encode(ctx, tok, inputs, "pool")
     pool = EncodedDataset(enc, tok.pad_token_id, rows=fit_subset(len(enc), e.max_examples, ctx.cfg.seed))
-    t0 = time.perf_counter()
     fit_factors(model, task, pool, out, ctx.device, batch_size=e.batch_size, seed=ctx.cfg.seed,
                 max_examples=e.max_examples, fisher=e.fisher)
-    write_json_atomic(out / "factors.json", {"n_fit": len(pool), "n_pool": len(enc), "n_modules": n_modules,
-                                              "seconds": round(time.perf_counter() - t0, 3)})
+    write_json_atomic(out / "factors.json", {"n_fit": len(pool), "n_pool": len(enc), "n_modules": n_modules})
 
 
 def factors_config(ctx: Context) -> dict[str, Any]:
@@ -97,12 +94,10 @@ def build_influence(ctx: Context, inputs: Inputs, out: Path) -> None:
     model, task, tok, n_modules = _selector(ctx, inputs)
     pool_enc, target_enc = _encode(ctx, tok, inputs, "pool"), _encode(ctx, tok, inputs, "target")
     work = out / "kronfluence"
-    t0 = time.perf_counter()
     target, pool = EncodedDataset(target_enc, tok.pad_token_id), EncodedDataset(pool_enc, tok.pad_token_id)
     scores = pairwise_scores(model, task, target, pool, inputs["factors"].dir, work, ctx.device,
                              batch_size=e.batch_size, damping=e.damping, query_gb=e.query_gb)
     scores = pool.in_enc_order(target.in_enc_order(scores, 0), 1)  # rows, columns in the ids' order
-    seconds = time.perf_counter() - t0
     shutil.rmtree(work)  # kronfluence's copy of the scores, and the link to the factors
     if scores.shape != (len(target_enc), len(pool_enc)) or not np.isfinite(scores).all():
         raise RuntimeError(f"ekfac: kronfluence returned scores of shape {scores.shape} (finite: "
@@ -112,8 +107,7 @@ def build_influence(ctx: Context, inputs: Inputs, out: Path) -> None:
     write_jsonl(out / "target_ids.jsonl", [{"id": i} for i in target_enc.ids])
     write_json_atomic(out / "influence.json", {
         "damping": to_plain(e.damping), "n_modules": n_modules, "n_pool": len(pool_enc), "n_target": len(target_enc),
-        "dropped": dict(pool_enc.dropped), "dropped_ids": pool_enc.dropped_ids, "truncated": pool_enc.truncated,
-        "seconds": round(seconds, 3)})
+        "dropped": dict(pool_enc.dropped), "dropped_ids": pool_enc.dropped_ids, "truncated": pool_enc.truncated})
 
 
 def influence_config(ctx: Context) -> dict[str, Any]:
