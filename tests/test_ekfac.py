@@ -233,6 +233,15 @@ def test_ekfac_approximates_the_damped_gauss_newton_inverse_on_a_two_layer_model
         (corr(got, explicit), corr(plain, explicit))
 
 
+def test_under_torchrun_it_is_one_line(monkeypatch):
+    from less.errors import ConfigError
+    from less.validate import validate
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"^selection=ekfac runs in one process, not under torchrun \(WORLD_SIZE=2\)"):
+        validate(compose(["selection=ekfac"], hydra=False))
+
+
 def test_a_model_without_lora_modules_is_one_line():
     from less.errors import ConfigError
     from less.selection.ekfac import lora_modules

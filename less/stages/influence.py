@@ -22,7 +22,7 @@ import numpy as np
 from less.cache import to_plain, write_json_atomic
 from less.checkpoints import external_warmup_dir, external_warmup_spec, last_checkpoint
 from less.data.formats import encode_examples, read_examples, write_jsonl
-from less.errors import DataError
+from less.errors import ConfigError, DataError
 from less.graph import Context, Inputs, Stage
 from less.models import load_model, load_tokenizer, model_spec
 from less.stages.model import source
@@ -116,6 +116,16 @@ def influence_config(ctx: Context) -> dict[str, Any]:
             "batch_size": e.batch_size, "query_gb": e.query_gb}
 
 
+def check(cfg) -> None:
+    """kronfluence runs in one process here: its own multi-process mode (accelerate) is not wired
+    into a torchrun job's ranks, where it would wait on barriers the other ranks never reach."""
+    from less import distributed
+
+    if cfg.selection.method == "ekfac" and distributed.world() > 1:
+        raise ConfigError(f"selection=ekfac runs in one process, not under torchrun (WORLD_SIZE={distributed.world()}): "
+                          "run its select step as a plain `python run.py` (it reads no datastore to shard)")
+
+
 def _inputs(ctx: Context, **more: str) -> dict[str, str]:
     out = {"pool": "pool", "selector": "selector", **more}
     if uses_warmup(ctx):
@@ -124,6 +134,6 @@ def _inputs(ctx: Context, **more: str) -> dict[str, str]:
 
 
 EKFAC_FACTORS = Stage("ekfac_factors", step="select", build=build_factors, applies=applies, config=factors_config,
-                      inputs=lambda ctx: _inputs(ctx), wandb_type="ekfac_factors")
+                      inputs=lambda ctx: _inputs(ctx), wandb_type="ekfac_factors", check=check)
 INFLUENCE = Stage("influence", step="select", build=build_influence, applies=applies, config=influence_config,
                   inputs=lambda ctx: _inputs(ctx, target="target", factors="ekfac_factors"), wandb_type="influence")
