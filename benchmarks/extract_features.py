@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import time
 
 import torch
@@ -130,6 +131,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three; medians reported")
     for k, v in PRESETS["cpu"].items():
         p.add_argument(f"--{k.replace('_', '-')}", type=int, default=None)
     args = p.parse_args()
@@ -145,14 +147,27 @@ def main() -> None:
           f"device {device}, threads {torch.get_num_threads()}")
     warm = Encoded(enc.ids[:2], enc.input_ids[:2], enc.labels[:2])  # warm-up (allocator, kernels)
     floor(model, warm, [[0, 1]], device)
-    t_floor, _ = timed(lambda: floor(model, enc, batches, device), device)
-    t_ours, feats = timed(lambda: ours(model, enc, moments, a, device), device)
-    t_ref, ref = timed(lambda: reference_method(model, enc, moments, a, device), device)
+    ours(model, warm, moments, argparse.Namespace(**{**vars(a), "n": 2}), device)
+    times: dict[str, list[float]] = {"floor": [], "ours": [], "ref": []}
+    outs: dict[str, torch.Tensor] = {}
+    for r in range(args.rounds):  # interleaved, so that a slow spell of the machine hits all three
+        for name, fn in (("floor", lambda: floor(model, enc, batches, device)),
+                         ("ours", lambda: ours(model, enc, moments, a, device)),
+                         ("ref", lambda: reference_method(model, enc, moments, a, device))):
+            t, outs[name] = timed(fn, device)
+            times[name].append(t)
+        print(f"round {r + 1}: floor {times['floor'][-1]:.2f} s, extraction {times['ours'][-1]:.2f} s, "
+              f"reference {times['ref'][-1]:.2f} s, extraction / floor {times['ours'][-1] / times['floor'][-1]:.3f}",
+              flush=True)
+    t_floor, t_ours, t_ref = (statistics.median(times[k]) for k in ("floor", "ours", "ref"))
+    feats, ref = outs["ours"], outs["ref"]
     gf_ours, gf_mm = projection_rate(a, device, lora)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"floor (batched fwd+bwd):        {t_floor:8.2f} s")
-    print(f"LESS batched extraction:        {t_ours:8.2f} s  {a.n / t_ours:8.1f} examples/s")
-    print(f"reference method (bs=1):        {t_ref:8.2f} s  {a.n / t_ref:8.1f} examples/s")
+    spread = lambda k: f"[{min(times[k]):.2f}, {max(times[k]):.2f}]"  # noqa: E731
+    print(f"medians of {args.rounds} rounds [min, max]:")
+    print(f"floor (batched fwd+bwd):        {t_floor:8.2f} s  {spread('floor')}")
+    print(f"LESS batched extraction:        {t_ours:8.2f} s  {spread('ours')}  {a.n / t_ours:8.1f} examples/s")
+    print(f"reference method (bs=1):        {t_ref:8.2f} s  {spread('ref')}  {a.n / t_ref:8.1f} examples/s")
     print(f"projection: {gf_ours:.1f} GFLOP/s incl. generation vs torch.matmul {gf_mm:.1f} GFLOP/s "
           f"({gf_ours / gf_mm:.2f}x)")
     print(f"peak RSS: {rss:.2f} GiB" + (f", peak CUDA memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"

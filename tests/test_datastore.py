@@ -127,6 +127,19 @@ def test_projection_rows_are_pure_and_chunk_invariant():
     torch.testing.assert_close(chunked, cached, rtol=1e-5, atol=1e-4)
 
 
+def test_projection_signs_are_the_bits_of_the_hash_words():
+    """Entry (row, col) is +1 where bit col % 64 of the row's hash word col // 64 is set, else -1
+    (the definition, bit by bit in Python integers, against the table lookup that builds it)."""
+    from less.gradients.projection import _COL, _GOLD, _mix, param_key
+
+    got = rademacher_rows(5, 4, 10, 14, 130, torch.device("cpu"))
+    for i, row in enumerate(range(10, 14)):
+        base = _mix(torch.tensor([row], dtype=torch.int64) * _GOLD + param_key(5, 4))  # int64 arithmetic wraps
+        words = [int(_mix(base + w * _COL).item()) % 2**64 for w in range(3)]
+        want = [1.0 if (words[c // 64] >> (c % 64)) & 1 else -1.0 for c in range(130)]
+        assert got[i].tolist() == want
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_projection_identical_on_cuda():
     cpu = rademacher_rows(1, 3, 0, 4096, 512, torch.device("cpu"))
