@@ -224,8 +224,10 @@ def test_ekfac_approximates_the_damped_gauss_newton_inverse_on_a_two_layer_model
     task = Classify()
     wrapped = prepare_model(model.float(), task)
     cpu = torch.device("cpu")
+    state = torch.random.get_rng_state()
     with tempfile.TemporaryDirectory() as d:
         fit_factors(wrapped, task, Data(x, y), Path(d) / "f", cpu, batch_size=64, seed=0, max_examples=n)
+        assert torch.equal(torch.random.get_rng_state(), state)  # the sampled labels drew from a fork
         got = pairwise_scores(wrapped, task, Data(xq, yq), Data(x, y), Path(d) / "f", Path(d) / "s", cpu,
                               batch_size=64, damping=lam)
     corr = lambda a, b: float(np.corrcoef(a.ravel(), b.ravel())[0, 1])  # noqa: E731

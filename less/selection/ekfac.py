@@ -191,15 +191,18 @@ def fit_factors(model, task, pool, out: Path, device: "torch.device", *, batch_s
                 seed: int, max_examples: int, fisher: str = "sampled") -> None:
     """Fit EK-FAC factors on ``pool`` (any map-style dataset with ``collate``; up to its first
     ``max_examples``) into ``out`` (kronfluence's layout: ``ekfac/factors_factors``); the sampled
-    labels of the true Fisher come from ``torch.manual_seed(seed)``."""
+    labels of the true Fisher come from ``torch.manual_seed(seed)`` in a forked RNG, so the
+    process's own random state is as it was (what runs next does not depend on this having run)."""
     import torch
 
     _, arguments, _, _ = kronfluence()
-    torch.manual_seed(seed)
     args = arguments.FactorArguments(strategy="ekfac", use_empirical_fisher=fisher == "empirical",
                                      covariance_max_examples=max_examples, lambda_max_examples=max_examples)
-    _analyzer(model, task, out, pool, device).fit_all_factors(
-        FACTORS, pool, per_device_batch_size=batch_size, factor_args=args, overwrite_output_dir=True)
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        _analyzer(model, task, out, pool, device).fit_all_factors(
+            FACTORS, pool, per_device_batch_size=batch_size, factor_args=args, overwrite_output_dir=True)
 
 
 def factors_dir(root: Path) -> Path:
