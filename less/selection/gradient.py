@@ -16,7 +16,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from less.errors import ConfigError, DataError
-from less.selection.registry import Request, Scored, method
+from less.selection.registry import FeatureKind, Request, Scored, method
 
 
 def check(cfg: DictConfig) -> None:
@@ -98,19 +98,16 @@ def less_method(req: Request) -> Scored:
     return Scored(scores, f.pool_ids, f.extra(req.datastore, checkpoint_weights=weights.tolist()))
 
 
-def require_features(src: DictConfig | Features, name: str, gradient_type: str, normalize: bool, what: str) -> None:
-    """A method whose formula needs one kind of features: the run's config (its ``check``, before
-    any work) or the datastore it got must have them, else one line naming the options to set."""
-    if isinstance(src, Features):
-        gt, norm, where = src.gradient_type, src.normalized, "the datastore's pool features are"
-    else:
-        gt, norm, where = src.datastore.gradient_type, bool(src.datastore.normalize), "the config asks for"
-    if (gt, norm) != (gradient_type, normalize):
-        raise ConfigError(f"selection={name} needs {what}: set datastore.gradient_type={gradient_type} "
-                          f"datastore.normalize={str(normalize).lower()} ({where} gradient_type={gt}, "
-                          f"normalize={str(norm).lower()})")
+PLAIN = FeatureKind("sgd", False, "the pool's plain gradients, not normalised")  # TRAK, TracIn
+PRECOND = FeatureKind("precond", True, "second-moment-preconditioned, unit-normalised gradients on both sides")
 
 
-def plain_gradients(src: DictConfig | Features, name: str) -> None:
-    """TRAK's and TracIn's features: the pool's plain gradients at their scale."""
-    require_features(src, name, "sgd", False, "the pool's plain gradients, not normalised")
+def require_features(cfg: DictConfig, name: str, kind: FeatureKind) -> None:
+    """A method whose formula needs one kind of features (``Method.features``): the run's config
+    must ask for them, else one line naming the options to set (checked before any work; the
+    datastore's key holds both options, so the datastore the method then gets has them)."""
+    gt, norm = cfg.datastore.gradient_type, bool(cfg.datastore.normalize)
+    if (gt, norm) != (kind.gradient_type, kind.normalize):
+        raise ConfigError(f"selection={name} needs {kind.what}: set datastore.gradient_type={kind.gradient_type} "
+                          f"datastore.normalize={str(kind.normalize).lower()} (the config asks for "
+                          f"gradient_type={gt}, normalize={str(norm).lower()})")

@@ -8,7 +8,8 @@
 ``needs`` says which artifact the runner must provide: ``"gradients"`` (the LESS datastore in
 ``req.datastore``), ``"representations"`` (the selector's hidden states in ``req.representations``)
 ``"influence"`` (EK-FAC's pairwise scores in ``req.influence``, less.stages.influence)
-or ``"nothing"``. ``scored=False`` says the scores rank nothing (``full``: it keeps every example), so the method
+or ``"nothing"``. ``features=FeatureKind(...)`` says which datastore features the formula needs (the config is
+checked for them up front; LESS overlap is then measured against LESS on its own features). ``scored=False`` says the scores rank nothing (``full``: it keeps every example), so the method
 has no LDS. ``target_free=True`` means the scores ignore the target, so one selection (and
 the model trained on it) serves every target. ``check(cfg)`` validates the method's own settings
 up front (raise ``ConfigError`` naming the key).
@@ -64,6 +65,17 @@ class Scored:
 
 
 @dataclass(frozen=True)
+class FeatureKind:
+    """The datastore features a method's formula needs (``datastore.gradient_type``,
+    ``datastore.normalize``) and how to say so; its preset sets them, and the select step's check
+    stops a config that asks for others."""
+
+    gradient_type: str
+    normalize: bool
+    what: str
+
+
+@dataclass(frozen=True)
 class Method:
     name: str
     score: Callable[[Request], "Scored | np.ndarray"]
@@ -71,6 +83,7 @@ class Method:
     target_free: bool = False
     check: Callable[[DictConfig], None] | None = None
     scored: bool = True  # False: its scores say nothing (full), so it has no LDS (less.stages.validate)
+    features: FeatureKind | None = None  # needs="gradients" methods whose formula fixes the features (trak)
 
 
 METHODS: Registry[Method] = Registry("selection method", "selection.method", "less.selection", "less.selection_methods")
@@ -83,10 +96,11 @@ def register(m: Method) -> Method:
 
 
 def method(name: str, *, needs: str = "nothing", target_free: bool = False,
-           check: Callable[[DictConfig], None] | None = None, scored: bool = True):
+           check: Callable[[DictConfig], None] | None = None, scored: bool = True,
+           features: FeatureKind | None = None):
     """Decorator: register ``fn(req) -> scores`` as selection method ``name``."""
     def deco(fn):
-        register(Method(name, fn, needs, target_free, check, scored))
+        register(Method(name, fn, needs, target_free, check, scored, features))
         return fn
     return deco
 

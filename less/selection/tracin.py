@@ -14,22 +14,16 @@ its scores keep TracIn's scale.
 from __future__ import annotations
 
 import numpy as np
-from omegaconf import DictConfig
 
-from less.selection.gradient import load_features, plain_gradients, target_subtasks
+from less.selection.gradient import PLAIN, load_features, target_subtasks
 from less.selection.registry import Request, Scored, method
 
 
-def check(cfg: DictConfig) -> None:
-    plain_gradients(cfg, "tracin")
-
-
-@method("tracin", needs="gradients", check=check)
+@method("tracin", needs="gradients", features=PLAIN)
 def tracin_method(req: Request) -> Scored:
     from less.selection.scoring import less_scores
 
     f = load_features(req)
-    plain_gradients(f, "tracin")
     lrs = np.asarray(f.lrs, dtype=np.float64)
     scores = less_scores(f.pool, [np.asarray(t) for t in f.target], lrs, target_subtasks(req, f.target_ids),
                          reduce=req.selection.subtask_reduce)

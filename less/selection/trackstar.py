@@ -15,23 +15,16 @@ Not included: TrackStar's task-specific Hessian (an unlabelled-data second momen
 from __future__ import annotations
 
 import numpy as np
-from omegaconf import DictConfig
 
-from less.selection.gradient import Features, load_features, require_features, target_subtasks
+from less.selection.gradient import PRECOND, load_features, target_subtasks
 from less.selection.registry import Request, Scored, method
 
 
-def preconditioned(src: DictConfig | Features) -> None:
-    require_features(src, "trackstar", "precond", True,
-                     "second-moment-preconditioned, unit-normalised gradients on both sides")
-
-
-@method("trackstar", needs="gradients", check=preconditioned)
+@method("trackstar", needs="gradients", features=PRECOND)
 def trackstar_method(req: Request) -> Scored:
     from less.selection.scoring import checkpoint_weights, less_scores
 
     f = load_features(req)
-    preconditioned(f)
     weights = checkpoint_weights(f.lrs)
     scores = less_scores(f.pool, [np.asarray(t) for t in f.target], weights, target_subtasks(req, f.target_ids),
                          reduce=req.selection.subtask_reduce)

@@ -22,7 +22,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from less.errors import ConfigError, require
-from less.selection.gradient import load_features, plain_gradients, target_subtasks
+from less.selection.gradient import PLAIN, load_features, target_subtasks
 from less.selection.registry import Request, Scored, method
 
 
@@ -30,7 +30,6 @@ def check(cfg: DictConfig) -> None:
     d = cfg.selection.damping
     require(isinstance(d, (int, float)) and not isinstance(d, bool) and d > 0,
             f"selection.damping must be a number > 0 (lambda relative to the kernel's mean eigenvalue), got {d!r}")
-    plain_gradients(cfg, "trak")
 
 
 def kernel(pool, chunk: int = 4096) -> np.ndarray:
@@ -56,13 +55,12 @@ def preconditioned_targets(pool, target: np.ndarray, damping: float) -> tuple[np
     return np.linalg.solve(k, np.asarray(target, dtype=np.float64).T).T, lam
 
 
-@method("trak", needs="gradients", check=check)
+@method("trak", needs="gradients", check=check, features=PLAIN)
 def trak_method(req: Request) -> Scored:
     from less.selection.scoring import less_scores
 
     s = req.selection
     f = load_features(req)
-    plain_gradients(f, "trak")
     solved, lams = [], []
     for pool, target in zip(f.pool, f.target):
         t, lam = preconditioned_targets(pool, target, float(s.damping))

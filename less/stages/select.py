@@ -83,8 +83,8 @@ def skill_shares(ctx: Context, select_dir: Path) -> dict[str, Any]:
 
 def jaccard_vs_less(ctx: Context, select_dir: Path) -> float | None:
     """Overlap of this selection with the default LESS selection of the same configuration (same
-    fraction / k; Adam, normalised features where the method's preset set the datastore, as
-    ``selection=trak`` does), if that one is in the cache."""
+    fraction / k; Adam, normalised features where the method fixes its own, as ``selection=trak``
+    does), if that one is in the cache."""
     from less.paths import conf_dir
 
     defaults = conf_dir() / "selection" / "less.yaml"
@@ -95,10 +95,8 @@ def jaccard_vs_less(ctx: Context, select_dir: Path) -> float | None:
     cfg: DictConfig = copy.deepcopy(ctx.cfg)
     with open_dict(cfg):
         cfg.selection = less
-        own = OmegaConf.load(conf_dir() / "selection" / f"{ctx.cfg.selection.method}.yaml") \
-            if (conf_dir() / "selection" / f"{ctx.cfg.selection.method}.yaml").is_file() else None
-        if own is not None and "datastore" in own and "selection" in own:  # a preset that set its datastore (trak)
-            cfg.datastore.gradient_type, cfg.datastore.normalize = "adam", True  # LESS's own features
+        if ctx.method.features is not None:  # its preset set its own features (trak): LESS's are Adam, normalised
+            cfg.datastore.gradient_type, cfg.datastore.normalize = "adam", True
     other = ctx.artifact_for(cfg, "select")
     if not other.cached:
         return None
@@ -165,6 +163,10 @@ def check(cfg: DictConfig) -> None:
     method = registry.get(s.method)  # names the registered methods if unknown
     if method.check is not None:
         method.check(cfg)
+    if method.features is not None:
+        from less.selection.gradient import require_features
+
+        require_features(cfg, method.name, method.features)
     if "subtask_reduce" in s:
         require(s.subtask_reduce in ("max", "mean"), f"selection.subtask_reduce must be max or mean, got {s.subtask_reduce!r}")
     if s.k is None:
