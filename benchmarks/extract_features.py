@@ -5,10 +5,12 @@ reference implementation's method, on one workload in one run.
     python benchmarks/extract_features.py --preset 1b --device cuda
 
 Prints examples/s; extraction time / a plain batched forward+backward over the same batches (the
-floor: nothing that needs gradients beats it); the speedup over the reference method (batch size 1,
+floor: HF's forward with the full logits, and a second floor that computes the logits only from the
+first position that predicts a label, as the extraction does); the speedup over the reference method (batch size 1,
 full flat gradient, projection every 16 examples with the random matrix regenerated on every call,
-as its CPU projector does); projection GFLOP/s vs torch.matmul on the same shapes; peak RSS; and
-last the line ``extract_vs_fwdbwd=<x> speedup_vs_bs1=<y>``.
+as its CPU projector does); projection GFLOP/s vs torch.matmul on the same shapes; the peak memory of each (above
+its start); on CUDA the MFU against the card's dense bf16 peak; and last the line
+``extract_vs_fwdbwd=<x> extract_vs_labelled_fwdbwd=<x'> speedup_vs_bs1=<y>``. ``--json`` writes them.
 
 The default keeps the paper's proportion of projection to model compute (LoRA params x d relative
 to model params x length: ~0.16 for Llama-2-7B, r=128, d=8192, length 512): Llama hidden 256,
@@ -18,16 +20,19 @@ to model params x length: ~0.16 for Llama-2-7B, r=128, d=8192, length 512): Llam
 from __future__ import annotations
 
 import argparse
-import resource
+import json
+import os
 import statistics
+import threading
 import time
+from pathlib import Path
 
 import torch
 
 from less.data.formats import Encoded
 from less.gradients.adam import adam_direction
 from less.gradients.features import FeatureExtractor, pad_batch, token_budget_batches
-from less.gradients.per_example import per_example_loss
+from less.gradients.per_example import first_predicting_position, per_example_loss
 from less.gradients.projection import RademacherProjector
 
 PRESETS = {
@@ -60,6 +65,22 @@ def build(a, device):
     return model, enc, moments
 
 
+PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "A10": 125.0}  # dense
+
+
+def peak_bf16_tflops(device: torch.device) -> float | None:
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -73,15 +94,60 @@ def timed(fn, device):
     return time.perf_counter() - t, out
 
 
-def floor(model, enc, batches, device):
+def floor(model, enc, batches, device, pad_id=0, labelled_logits=False):
+    """A plain batched forward+backward (HF's full logits); ``labelled_logits``: the logits only from
+    the first position that predicts a label on, as the extraction computes them."""
     for b in batches:
-        ids, mask, labels = pad_batch(enc, b, 0, device)
-        per_example_loss(model(input_ids=ids, attention_mask=mask).logits, labels).sum().backward()
+        ids, mask, labels = pad_batch(enc, b, pad_id, device)
+        start = first_predicting_position(labels) if labelled_logits else 0
+        kw = {"logits_to_keep": labels.shape[1] - start} if start else {}
+        per_example_loss(model(input_ids=ids, attention_mask=mask, **kw).logits, labels[:, start:]).sum().backward()
         model.zero_grad(set_to_none=True)
 
 
-def ours(model, enc, moments, a, device):
-    ex = FeatureExtractor(model, pad_id=0, dims=[a.dim], seed=0, device=device, moments=moments,
+class PeakMemory:
+    """Peak memory above the level at entry: CUDA's allocator peak, or the process's RSS sampled
+    every 2 ms on the CPU (ru_maxrss never goes down, so it cannot tell one system from another)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak = device, 0
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return self
+        self.base, self.top, self.stop = self.rss(), self.rss(), threading.Event()
+
+        def sample():
+            while not self.stop.wait(0.002):
+                self.top = max(self.top, self.rss())
+
+        self.thread = threading.Thread(target=sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self.stop.set()
+            self.thread.join()
+            self.peak = max(self.top, self.rss()) - self.base
+
+
+def ours(model, enc, moments, a, device, pad_id=0, project=True):
+    """The datastore's extraction of one checkpoint: (n, d) unscaled features (unprojected, flat,
+    with ``project=False``; SGD gradients with ``moments=None``)."""
+    ex = FeatureExtractor(model, pad_id=pad_id, dims=[a.dim] if project else None, seed=0, device=device,
+                          moments=moments,
                           token_budget=a.token_budget, max_batch=a.n, projection_batch=a.projection_batch,
                           cache_bytes=0)  # at paper scale no matrix fits: generate per projected batch
     try:
@@ -131,14 +197,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three; medians reported")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians reported")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="the model's weights")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the card's dense bf16 peak for MFU (default: from the CUDA device's name)")
     for k, v in PRESETS["cpu"].items():
         p.add_argument(f"--{k.replace('_', '-')}", type=int, default=None)
     args = p.parse_args()
     a = argparse.Namespace(**{**PRESETS[args.preset], **{k: v for k, v in vars(args).items()
                                                           if v is not None and k in PRESETS["cpu"]}})
     device = torch.device(args.device)
+    a.peak_tflops = args.peak_tflops or (peak_bf16_tflops(device) if device.type == "cuda" else None)
     model, enc, moments = build(a, device)
+    model.to(getattr(torch, args.dtype))
     lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
     base = sum(p.numel() for p in model.parameters())
     batches = token_budget_batches([a.length] * a.n, a.token_budget, a.n)
@@ -148,33 +220,57 @@ def main() -> None:
     warm = Encoded(enc.ids[:2], enc.input_ids[:2], enc.labels[:2])  # warm-up (allocator, kernels)
     floor(model, warm, [[0, 1]], device)
     ours(model, warm, moments, argparse.Namespace(**{**vars(a), "n": 2}), device)
-    times: dict[str, list[float]] = {"floor": [], "ours": [], "ref": []}
+    systems = {"floor": lambda: floor(model, enc, batches, device),
+               "floor_labelled": lambda: floor(model, enc, batches, device, labelled_logits=True),
+               "ours": lambda: ours(model, enc, moments, a, device),
+               "ref": lambda: reference_method(model, enc, moments, a, device)}
+    times: dict[str, list[float]] = {k: [] for k in systems}
+    peaks: dict[str, int] = {k: 0 for k in systems}
     outs: dict[str, torch.Tensor] = {}
-    for r in range(args.rounds):  # interleaved, so that a slow spell of the machine hits all three
-        for name, fn in (("floor", lambda: floor(model, enc, batches, device)),
-                         ("ours", lambda: ours(model, enc, moments, a, device)),
-                         ("ref", lambda: reference_method(model, enc, moments, a, device))):
-            t, outs[name] = timed(fn, device)
+    for r in range(args.rounds):  # interleaved, so that a slow spell of the machine hits every system
+        for name, fn in systems.items():
+            with PeakMemory(device) as mem:
+                t, outs[name] = timed(fn, device)
             times[name].append(t)
-        print(f"round {r + 1}: floor {times['floor'][-1]:.2f} s, extraction {times['ours'][-1]:.2f} s, "
+            peaks[name] = max(peaks[name], mem.peak)
+        print(f"round {r + 1}: floor {times['floor'][-1]:.2f} s, floor (labelled logits) "
+              f"{times['floor_labelled'][-1]:.2f} s, extraction {times['ours'][-1]:.2f} s, "
               f"reference {times['ref'][-1]:.2f} s, extraction / floor {times['ours'][-1] / times['floor'][-1]:.3f}",
               flush=True)
-    t_floor, t_ours, t_ref = (statistics.median(times[k]) for k in ("floor", "ours", "ref"))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    t_floor, t_lab, t_ours, t_ref = med["floor"], med["floor_labelled"], med["ours"], med["ref"]
     feats, ref = outs["ours"], outs["ref"]
     gf_ours, gf_mm = projection_rate(a, device, lora)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     spread = lambda k: f"[{min(times[k]):.2f}, {max(times[k]):.2f}]"  # noqa: E731
-    print(f"medians of {args.rounds} rounds [min, max]:")
-    print(f"floor (batched fwd+bwd):        {t_floor:8.2f} s  {spread('floor')}")
-    print(f"LESS batched extraction:        {t_ours:8.2f} s  {spread('ours')}  {a.n / t_ours:8.1f} examples/s")
-    print(f"reference method (bs=1):        {t_ref:8.2f} s  {spread('ref')}  {a.n / t_ref:8.1f} examples/s")
+    mib = lambda k: f"peak {peaks[k] / 2**20:7.0f} MiB"  # noqa: E731
+    print(f"medians of {args.rounds} rounds [min, max]; peak memory above the start of each call "
+          f"({'CUDA allocator' if device.type == 'cuda' else 'RSS'}), max over rounds:")
+    print(f"floor (batched fwd+bwd):        {t_floor:8.2f} s  {spread('floor')}  {' ' * 22}{mib('floor')}")
+    print(f"floor, labelled logits only:    {t_lab:8.2f} s  {spread('floor_labelled')}  {' ' * 22}"
+          f"{mib('floor_labelled')}")
+    print(f"LESS batched extraction:        {t_ours:8.2f} s  {spread('ours')}  {a.n / t_ours:8.1f} examples/s  "
+          f"{mib('ours')}")
+    print(f"reference method (bs=1):        {t_ref:8.2f} s  {spread('ref')}  {a.n / t_ref:8.1f} examples/s  "
+          f"{mib('ref')}")
     print(f"projection: {gf_ours:.1f} GFLOP/s incl. generation vs torch.matmul {gf_mm:.1f} GFLOP/s "
           f"({gf_ours / gf_mm:.2f}x)")
-    print(f"peak RSS: {rss:.2f} GiB" + (f", peak CUDA memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
-                                         if device.type == "cuda" else ""))
+    mfu = {}
+    if a.peak_tflops:  # forward 2 N T + backward to the inputs 2 N T (the base weights are frozen)
+        flops = 4 * sum(p.numel() for p in model.parameters()) * sum(map(len, enc.input_ids))
+        mfu = {k: flops / med[k] / (a.peak_tflops * 1e12) for k in ("floor", "ours")}
+        print(f"MFU (4 x params x tokens / time, over the card's {a.peak_tflops} TFLOP/s dense bf16 peak; "
+              f"weights {args.dtype}): floor {mfu['floor']:.3f}, extraction {mfu['ours']:.3f}")
     print(f"(features {tuple(feats.shape)}; the reference method's features {tuple(ref.shape)} use its own matrix)")
-    print(f"extract_vs_fwdbwd={t_ours / t_floor:.2f} speedup_vs_bs1={t_ref / t_ours:.2f}")
-
+    print(f"extract_vs_fwdbwd={t_ours / t_floor:.2f} extract_vs_labelled_fwdbwd={t_ours / t_lab:.2f} "
+          f"speedup_vs_bs1={t_ref / t_ours:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "preset": args.preset, "device": str(device), "device_name": device_name(device), "dtype": args.dtype,
+            "examples": a.n, "length": a.length, "dim": a.dim, "rounds": args.rounds,
+            "seconds_median": med, "seconds_all": times, "peak_bytes": peaks,
+            "examples_per_s": a.n / t_ours, "extract_vs_fwdbwd": t_ours / t_floor,
+            "extract_vs_labelled_fwdbwd": t_ours / t_lab, "speedup_vs_bs1": t_ref / t_ours,
+            "projection_vs_matmul": gf_ours / gf_mm, "mfu": mfu, "peak_tflops": a.peak_tflops}, indent=1))
 
 if __name__ == "__main__":
     main()

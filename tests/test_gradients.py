@@ -72,6 +72,27 @@ def test_per_example_gradients_equal_batch_size_one():
     assert all(any(g[r].abs().sum() > 0 for r in range(4)) for g in got.values())
 
 
+def test_logits_only_from_the_first_labelled_prediction_change_no_gradient():
+    """The extraction computes the logits from the batch's first position that predicts a label on;
+    the gradients equal those of the full logits (stated tolerance rtol 1e-5), and the output layer
+    really saw fewer positions."""
+    from less.gradients.per_example import first_predicting_position
+
+    model = tiny_lora_model()
+    model.eval()
+    ids, mask, labels = variable_batch([9, 5, 12, 7], n_prompt=4)
+    labels[2, :6] = -100  # prompts of different lengths: the cut is at the shortest
+    assert first_predicting_position(labels) == 3
+    rows = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, i, o: rows.append(i[0].shape[1]))
+    full, cut = PerExampleGradients(model, labelled_logits=False), PerExampleGradients(model)
+    a, b = full(ids, mask, labels), cut(ids, mask, labels)
+    full.close(), cut.close(), hook.remove()
+    assert rows == [12, 12 - 3]
+    for p in a:
+        torch.testing.assert_close(b[p], a[p], rtol=1e-5, atol=1e-7)
+
+
 def test_padding_contributes_nothing():
     model = tiny_lora_model()
     model.eval()
