@@ -256,7 +256,7 @@ def main() -> None:
             print(f"{name:<10} failed (exit {proc.returncode}), peak RSS {peak:.2f} GiB")
             continue
         r = json.loads(out.decode().strip().splitlines()[-1])
-        print(f"{name:<10} {r['load_s']:>7.1f} {r['score_s']:>8.1f} {r['rss_after_load_gib']:>15.2f} "
+        print(f"{name:<10} {r['load_s']:>7.1f} {r['score_s']:>8.2f} {r['rss_after_load_gib']:>15.2f} "
               f"{peak:>9.2f}")
 
 

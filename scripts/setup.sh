@@ -11,9 +11,10 @@ stamp="$VENV/.less-setup-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q "torch==2.13.0"
-  "$VENV/bin/pip" install -q -e ".[dev]"
+  "$VENV/bin/pip" install -q -e ".[dev,peers-runtime]"
   # selection=ekfac: kronfluence without its declared torchvision (never imported; see pyproject.toml)
-  "$VENV/bin/pip" install -q --no-deps "kronfluence==1.0.1"
+  # benchmarks/peers.py: bergson without torchvision/torchaudio/bitsandbytes (the same; see pyproject.toml)
+  "$VENV/bin/pip" install -q --no-deps "kronfluence==1.0.1" "bergson==2.5.1"
   rm -f "$VENV"/.less-setup-*
   touch "$stamp"
 fi
