@@ -65,6 +65,7 @@ def build(a, device):
     return model, enc, moments
 
 
+REF_ROWS = 65536  # rows of the reference method's matrix generated at a time (the CPU preset's all)
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "A10": 125.0}  # dense
 
 
@@ -167,8 +168,12 @@ def reference_method(model, enc, moments, a, device):
 
     def project():
         g = torch.Generator(device=device).manual_seed(0)  # regenerated on every call
-        mat = torch.randint(0, 2, (total, a.dim), generator=g, device=device, dtype=torch.int8).float().mul_(2).sub_(1)
-        out.append(torch.stack(buf) @ mat)
+        x, y = torch.stack(buf), torch.zeros(len(buf), a.dim, device=device)
+        for r0 in range(0, total, REF_ROWS):  # in row blocks: at 1b the whole matrix would be 550 GB
+            r1 = min(total, r0 + REF_ROWS)
+            mat = torch.randint(0, 2, (r1 - r0, a.dim), generator=g, device=device, dtype=torch.int8)
+            y += x[:, r0:r1] @ mat.float().mul_(2).sub_(1)
+        out.append(y)
         buf.clear()
 
     for i in range(len(enc)):
@@ -184,6 +189,7 @@ def reference_method(model, enc, moments, a, device):
 
 
 def projection_rate(a, device, total):
+    total = min(total, REF_ROWS)  # the rate on one block of rows (the 1b preset's whole matrix would not fit)
     x = torch.randn(a.projection_batch, total, device=device)
     proj = RademacherProjector(a.dim, 0, device, cache_bytes=0)
     t_ours, _ = timed(lambda: proj.project(0, x), device)

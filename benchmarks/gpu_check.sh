@@ -9,9 +9,11 @@
 # 2. peers.py on the GPU (harness, bergson, reference method, floor on the same real pool examples);
 # 3. a one-GPU torchrun of the pipeline up to the datastore stage (model=random_1b: ~0.8B parameters).
 # Each step's figures and wall time go into one JSON summary, $OUT/gpu_check.json (OUT defaults to
-# gpu_check_out/). A step that fails is recorded with its exit status and the rest still run; the
-# script exits non-zero if any step failed. Environment: PY (default .venv/bin/python), OUT,
-# DATA_ROOT (default ../shared/data), LESS_CACHE_DIR (default $OUT/cache).
+# gpu_check_out/). Each step runs under a time limit (150, 180 and 120 s: 7.5 min at most; EXTRACT_LIMIT,
+# PEERS_LIMIT, RUN_LIMIT); a step that fails or runs out (exit 124) is recorded with its exit status
+# and the rest still run; the script exits non-zero if any step failed.
+# Environment: PY (default .venv/bin/python), OUT, DATA_ROOT (default ../shared/data),
+# LESS_CACHE_DIR (default $OUT/cache).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -42,11 +44,11 @@ else
 fi
 
 failed=0
-step() {  # step NAME CMD...: run it, keep its output and exit status and wall time
-  local name=$1; shift
+step() {  # step NAME SECONDS CMD...: run it under a time limit, keep its output, exit status and wall time
+  local name=$1 limit=$2; shift 2
   local t0; t0=$(date +%s.%N)
-  echo "== $name: $*"
-  "$@" > "$OUT/$name.log" 2>&1
+  echo "== $name (limit ${limit} s): $*"
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
   tail -n 12 "$OUT/$name.log"
   echo "{\"rc\": $rc, \"seconds\": $(awk "BEGIN{print $(date +%s.%N) - $t0}")}" > "$OUT/$name.status.json"
@@ -54,10 +56,10 @@ step() {  # step NAME CMD...: run it, keep its output and exit status and wall t
 }
 
 # shellcheck disable=SC2086
-step extract "$PY" benchmarks/extract_features.py $EF --json "$OUT/extract.json"
+step extract "${EXTRACT_LIMIT:-150}" "$PY" benchmarks/extract_features.py $EF --json "$OUT/extract.json"
 # shellcheck disable=SC2086
-step peers "$PY" benchmarks/peers.py $PEERS --data-root "$DATA_ROOT" --json "$OUT/peers.json"
-step datastore_torchrun "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 run.py "$RUN" \
+step peers "${PEERS_LIMIT:-180}" "$PY" benchmarks/peers.py $PEERS --data-root "$DATA_ROOT" --json "$OUT/peers.json"
+step datastore_torchrun "${RUN_LIMIT:-120}" "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 run.py "$RUN" \
   "stages=[prepare,warmup,datastore]" logger=none "data.root=$DATA_ROOT" "hydra.run.dir=$OUT/run"
 
 "$PY" - "$OUT" "$DRY" <<'EOF'
