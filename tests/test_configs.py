@@ -55,6 +55,9 @@ def test_paper_settings():
     ("logger.mode=sometimes", "logger.mode"),
     ("chat_format=chatml", "chat_format"),
     ("datastore.target_truncation=middle", "datastore.target_truncation"),
+    ("datastore.encoding.turns=first", "datastore.encoding.turns"),
+    ("datastore.encoding.eos_label=maybe", "datastore.encoding.eos_label"),
+    ("+datastore.encoding.bos_label=true", "datastore.encoding"),
     ("target=mmlu", "eval.tasks"),  # the synthetic eval task needs the synthetic target
 ])
 def test_bad_values_name_their_key(override, key):

@@ -167,16 +167,18 @@ def tulu_text(example: dict[str, Any], eos: str = "</s>") -> str:
     return _separated(example["prompt"], example["completion"]) + eos
 
 
-def dval_parts(example: dict[str, Any]) -> tuple[str, str]:
+def dval_parts(example: dict[str, Any], answer_prefix: bool = True) -> tuple[str, str]:
     """(prompt, completion) of a D_val example, used as written (no strip, no EOS), as the
     reference's ``get_validation_dataset``. A conversation's completion is its last assistant
     turn; the prompt is the Tulu text of the turns before it (as in training), then
-    ``<|assistant|>\n`` and the example's ``assistant_prefix`` (e.g. ``The answer is:``)."""
+    ``<|assistant|>\n`` and the example's ``assistant_prefix`` (e.g. ``The answer is:``; left out
+    with ``answer_prefix=False``)."""
     if "messages" not in example:
         return example["prompt"], example["completion"]
     msgs = example["messages"]
     last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-    prompt = concat_messages(msgs[:last]) + "<|assistant|>\n" + example.get("assistant_prefix", "")
+    prefix = example.get("assistant_prefix", "") if answer_prefix else ""
+    prompt = concat_messages(msgs[:last]) + "<|assistant|>\n" + prefix
     return prompt, msgs[last]["content"]
 
 
@@ -205,9 +207,40 @@ class Encoded:
 
 
 CHAT_FORMATS = ("tulu", "tokenizer")
+TURNS = ("all", "last")
 
 
-def _template_render(example: dict[str, Any], tokenizer, completion_eos: bool
+@dataclass(frozen=True)
+class Encoding:
+    """The encoding choices the reference code makes silently, as options (``datastore.encoding``).
+    The defaults are the reference's: every assistant turn of a training example labelled, each
+    with its EOS (and the newline after it); D_val's answer prefix (``The answer is:``) kept."""
+
+    eos_label: bool = True     # label the EOS closing each assistant turn (training rule)
+    turns: str = "all"         # all | last: which assistant turns of a conversation carry labels
+    answer_prefix: bool = True  # D_val rule: the example's assistant_prefix before the completion
+
+    def __post_init__(self):
+        if self.turns not in TURNS:
+            raise ConfigError(f"datastore.encoding.turns must be one of {', '.join(TURNS)}, got {self.turns!r}")
+
+
+REFERENCE_ENCODING = Encoding()
+
+
+def _unlabel_eos(ids: list[int], labels: list[int], eos_id: int | None) -> list[int]:
+    """Labels without each labelled EOS and the labelled tokens after it up to the next unlabelled
+    one (the newline that closes the turn)."""
+    out, off = list(labels), False
+    for t, x in enumerate(ids):
+        if out[t] == IGNORE_INDEX:
+            off = False
+        elif off or x == eos_id:
+            out[t], off = IGNORE_INDEX, True
+    return out
+
+
+def _template_render(example: dict[str, Any], tokenizer, completion_eos: bool, answer_prefix: bool = True
                      ) -> tuple[str, list[tuple[int, int]]]:
     """Render with the tokenizer's own chat template; each assistant turn's span is found by
     rendering the conversation up to it (with and without the turn), which must be prefixes."""
@@ -217,7 +250,7 @@ def _template_render(example: dict[str, Any], tokenizer, completion_eos: bool
     turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
     text, spans = "", []
     for i in turns:
-        lead = example.get("assistant_prefix", "") if i == turns[-1] else ""
+        lead = example.get("assistant_prefix", "") if i == turns[-1] and answer_prefix else ""
         before = tokenizer.apply_chat_template(msgs[:i], add_generation_prompt=True, tokenize=False)
         through = tokenizer.apply_chat_template(
             [*msgs[:i], {"role": "assistant", "content": lead + msgs[i]["content"]}], tokenize=False)
@@ -231,11 +264,14 @@ def _template_render(example: dict[str, Any], tokenizer, completion_eos: bool
     return text, spans
 
 
-def _encode_template(example: dict[str, Any], tokenizer, completion_eos: bool) -> tuple[list[int], list[int]]:
+def _encode_template(example: dict[str, Any], tokenizer, completion_eos: bool, encoding: Encoding = REFERENCE_ENCODING
+                     ) -> tuple[list[int], list[int]]:
     """Whole-text tokenization with labels on the tokens that start inside an assistant span."""
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError(f"{type(tokenizer).__name__} is not a fast tokenizer; offsets are needed for masking")
-    text, spans = _template_render(example, tokenizer, completion_eos)
+    text, spans = _template_render(example, tokenizer, completion_eos, encoding.answer_prefix)
+    if encoding.turns == "last":
+        spans = spans[-1:]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)  # the template writes BOS
     ids = enc["input_ids"]
     labels = [IGNORE_INDEX] * len(ids)
@@ -284,9 +320,19 @@ def _encode_prompt_completion(prompt: str, text: str, tokenizer) -> tuple[list[i
     return ids, [IGNORE_INDEX] * min(n_prompt, len(ids)) + ids[n_prompt:]
 
 
+def _last_turn_only(messages: list[dict[str, str]], tokenizer, labels: list[int]) -> list[int]:
+    """Labels of the reference's encoding with every token before the last assistant turn's content
+    unlabelled (the same prefix tokenization as ``_encode_messages``)."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    if last == 0:
+        return labels
+    n = _lengths(tokenizer, [concat_messages(messages[:last], tokenizer.eos_token) + "<|assistant|>\n"])[0]
+    return [IGNORE_INDEX] * min(n, len(labels)) + labels[n:]
+
+
 def encode_example(example: dict[str, Any], tokenizer, max_length: int | None,
                    completion_eos: bool = True, chat_format: str = "tulu",
-                   truncation: str = "right") -> tuple[list[int], list[int]]:
+                   truncation: str = "right", encoding: Encoding = REFERENCE_ENCODING) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one example, token for token as LESS's reference code makes them.
 
     Training rule (``completion_eos=True``: pool, warmup, target training): a conversation as
@@ -298,22 +344,28 @@ def encode_example(example: dict[str, Any], tokenizer, max_length: int | None,
     ``chat_format="tokenizer"`` renders conversations with the tokenizer's own chat template
     instead (each assistant turn located by rendering the conversation up to it; not in LESS).
     ``truncation="left"`` keeps the last ``max_length`` tokens (the completion) instead of the first.
+    ``encoding`` varies the reference's choices (:class:`Encoding`): the training rule's EOS label
+    and labelled turns, the D_val rule's answer prefix.
     """
     if chat_format == "tokenizer" and "messages" in example:
-        ids, labels = _encode_template(example, tokenizer, completion_eos)
+        ids, labels = _encode_template(example, tokenizer, completion_eos, encoding)
     elif not completion_eos:
-        prompt, completion = dval_parts(example)
+        prompt, completion = dval_parts(example, encoding.answer_prefix)
         ids, labels = _encode_prompt_completion(prompt, prompt + completion, tokenizer)
     elif "messages" in example:
         ids, labels = _encode_messages(example["messages"], tokenizer)
+        if encoding.turns == "last":
+            labels = _last_turn_only(example["messages"], tokenizer, labels)
     else:
         ids, labels = _encode_prompt_completion(example["prompt"], tulu_text(example, tokenizer.eos_token), tokenizer)
+    if completion_eos and not encoding.eos_label:
+        labels = _unlabel_eos(ids, labels, tokenizer.eos_token_id)
     return (ids, labels) if max_length is None else truncate(ids, labels, max_length, truncation)
 
 
 def encode_examples(examples: list[dict[str, Any]], tokenizer, max_length: int,
                     completion_eos: bool = True, chat_format: str = "tulu",
-                    truncation: str = "right") -> Encoded:
+                    truncation: str = "right", encoding: Encoding = REFERENCE_ENCODING) -> Encoded:
     """Tokenize with assistant-only labels; examples left with no label are dropped and counted,
     and examples cut to ``max_length`` are counted as ``truncated``."""
     out = Encoded([], [], [])
@@ -322,7 +374,7 @@ def encode_examples(examples: list[dict[str, Any]], tokenizer, max_length: int,
             out.dropped["no_assistant_turn"] += 1
             out.dropped_ids.append(str(ex["id"]))
             continue
-        ids, labels = encode_example(ex, tokenizer, None, completion_eos, chat_format)
+        ids, labels = encode_example(ex, tokenizer, None, completion_eos, chat_format, encoding=encoding)
         if len(ids) > max_length:
             out.truncated += 1
             ids, labels = truncate(ids, labels, max_length, truncation)

@@ -16,6 +16,7 @@ from less.errors import require
 from less.gradients.store import DTYPES
 from less.graph import Context, Inputs, Stage
 from less.results import Cost
+from less.stages.features import encoding_of
 from less.stages.token_counts import pool_tokens_estimate
 from less.stages.warmup import needs_gradients
 
@@ -111,6 +112,7 @@ def check(cfg: DictConfig) -> None:
     require(ds.target_truncation in ("left", "right"),
             f"datastore.target_truncation must be left or right, got {ds.target_truncation!r}")
     require(ds.dtype in DTYPES, f"datastore.dtype must be one of {DTYPES}, got {ds.dtype!r}")
+    encoding_of(ds)  # datastore.encoding: a one-line error naming the option
     if ds.checkpoints is not None and ds.use_warmup and not ds.warmup_dir:  # epochs 1..warmup.epochs exist
         require(all(1 <= e <= w.epochs for e in ds.checkpoints),
                 f"datastore.checkpoints {list(ds.checkpoints)} must be epochs in 1..{w.epochs}")

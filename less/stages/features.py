@@ -25,8 +25,8 @@ from less import distributed
 from less.cache import to_plain, write_json_atomic
 from less.claims import Claims, uncovered
 from less.checkpoints import CHECKPOINT_META, external_warmup_dir, external_warmup_spec, warmup_checkpoints
-from less.data.formats import encode_examples, read_examples, write_jsonl
-from less.errors import DataError
+from less.data.formats import REFERENCE_ENCODING, Encoding, encode_examples, read_examples, write_jsonl
+from less.errors import ConfigError, DataError
 from less.graph import Context, Inputs, Stage
 from less.models import load_model, load_tokenizer, model_spec
 from less.stages.model import source
@@ -41,10 +41,33 @@ SPEED_ONLY = ("token_budget", "max_batch_size", "gradient_checkpointing", "chunk
 
 def datastore_spec(ds: DictConfig) -> dict[str, Any]:
     """The datastore settings features depend on."""
-    spec = {k: v for k, v in to_plain(ds).items() if k not in SPEED_ONLY and k not in ("warmup_dir", "lr_weights")}
+    spec = {k: v for k, v in to_plain(ds).items()
+            if k not in SPEED_ONLY and k not in ("warmup_dir", "lr_weights", "encoding")}
     if isinstance(spec["projection"], dict):
         spec["projection"] = {k: v for k, v in spec["projection"].items() if k not in ("batch_size", "cache_gb")}
     return spec
+
+
+# datastore.encoding options and the split whose encoding each changes (less.data.formats.Encoding)
+ENCODING_SPLIT = {"eos_label": "pool", "turns": "pool", "answer_prefix": "target"}
+
+
+def encoding_of(ds: DictConfig) -> Encoding:
+    e = to_plain(ds.get("encoding")) or {}
+    unknown = sorted(set(e) - set(ENCODING_SPLIT))
+    if unknown:
+        raise ConfigError(f"datastore.encoding: unknown option(s) {unknown}; choose from {sorted(ENCODING_SPLIT)}")
+    for k in ("eos_label", "answer_prefix"):
+        if not isinstance(e.get(k, True), bool):
+            raise ConfigError(f"datastore.encoding.{k} must be true or false, got {e[k]!r}")
+    return Encoding(**e)
+
+
+def encoding_spec(ds: DictConfig, split: str) -> dict[str, Any]:
+    """The encoding options that differ from the reference's and change ``split``'s encoding: they
+    enter that split's keys (so the reference's encoding keeps the keys it always had)."""
+    e, ref = encoding_of(ds), REFERENCE_ENCODING
+    return {k: getattr(e, k) for k, s in ENCODING_SPLIT.items() if s == split and getattr(e, k) != getattr(ref, k)}
 
 
 def projection_dims(ds: DictConfig) -> list[int] | None:
@@ -77,7 +100,8 @@ class SplitFeatures:
         # D_val completions carry no EOS (as in LESS); pool examples are encoded as in training
         self.enc = encode_examples(self.examples, self.tok, self.ds.max_length, completion_eos=split == "pool",
                                    chat_format=cfg.chat_format,
-                                   truncation="right" if split == "pool" else self.ds.target_truncation)
+                                   truncation="right" if split == "pool" else self.ds.target_truncation,
+                                   encoding=encoding_of(self.ds))
         if not len(self.enc):
             raise DataError(f"{examples_path}: no example has a labelled token ({dict(self.enc.dropped)})")
         self.ckpts = warmup_checkpoints(warmup_dir, self.ds)
@@ -267,6 +291,8 @@ def _config(split: str):
             spec.pop("target_truncation")
         elif spec.get("gradient_type") != "precond":  # plain target gradients whatever the pool's
             spec.pop("gradient_type")
+        if encoding_spec(ds, split):
+            spec["encoding"] = encoding_spec(ds, split)
         return {"split": split, "selector": model_spec(ctx.selector), "chat_format": ctx.cfg.chat_format,
                 "datastore": spec, "external_warmup": external_warmup_spec(ds) if ds.warmup_dir else None}
     return config

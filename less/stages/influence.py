@@ -25,6 +25,7 @@ from less.data.formats import encode_examples, read_examples, write_jsonl
 from less.errors import ConfigError, DataError
 from less.graph import Context, Inputs, Stage
 from less.models import load_model, load_tokenizer, model_spec
+from less.stages.features import encoding_of, encoding_spec
 from less.stages.model import source
 
 
@@ -37,10 +38,14 @@ def uses_warmup(ctx: Context) -> bool:
     return applies(ctx) and not ctx.cfg.datastore.warmup_dir
 
 
-def _encoding(ctx: Context) -> dict[str, Any]:
+def _encoding(ctx: Context, splits: tuple[str, ...]) -> dict[str, Any]:
+    """What the encoding of ``splits`` depends on (datastore.encoding: only the options that
+    differ from the reference's and change these splits)."""
     ds = ctx.cfg.datastore
-    return {"selector": model_spec(ctx.selector), "chat_format": ctx.cfg.chat_format, "max_length": ds.max_length,
+    spec = {"selector": model_spec(ctx.selector), "chat_format": ctx.cfg.chat_format, "max_length": ds.max_length,
             "external_warmup": external_warmup_spec(ds) if ds.warmup_dir else None}
+    encoding = {k: v for split in splits for k, v in encoding_spec(ds, split).items()}
+    return {**spec, "encoding": encoding} if encoding else spec
 
 
 def _encode(ctx: Context, tok, inputs: Inputs, split: str):
@@ -48,7 +53,8 @@ def _encode(ctx: Context, tok, inputs: Inputs, split: str):
     path = inputs[split].dir / f"{split}.jsonl"
     enc = encode_examples(read_examples(path), tok, ds.max_length, completion_eos=split == "pool",
                           chat_format=ctx.cfg.chat_format,
-                          truncation="right" if split == "pool" else ds.target_truncation)
+                          truncation="right" if split == "pool" else ds.target_truncation,
+                          encoding=encoding_of(ds))
     if not len(enc):
         raise DataError(f"{path}: no example has a labelled token ({dict(enc.dropped)})")
     return enc
@@ -83,7 +89,7 @@ def build_factors(ctx: Context, inputs: Inputs, out: Path) -> None:
 
 def factors_config(ctx: Context) -> dict[str, Any]:
     e = ctx.cfg.selection.ekfac
-    return {**_encoding(ctx), "fisher": e.fisher, "max_examples": e.max_examples, "batch_size": e.batch_size,
+    return {**_encoding(ctx, ("pool",)), "fisher": e.fisher, "max_examples": e.max_examples, "batch_size": e.batch_size,
             "seed": ctx.cfg.seed}
 
 
@@ -112,7 +118,7 @@ def build_influence(ctx: Context, inputs: Inputs, out: Path) -> None:
 
 def influence_config(ctx: Context) -> dict[str, Any]:
     e = ctx.cfg.selection.ekfac
-    return {**_encoding(ctx), "target_truncation": ctx.cfg.datastore.target_truncation, "damping": e.damping,
+    return {**_encoding(ctx, ("pool", "target")), "target_truncation": ctx.cfg.datastore.target_truncation, "damping": e.damping,
             "batch_size": e.batch_size, "query_gb": e.query_gb}
 
 
