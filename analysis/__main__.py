@@ -6,6 +6,7 @@
     python -m analysis <sweep> --wandb-log [--wandb-mode online] [--wandb-project entity/project]
     python -m analysis --wandb entity/project --group main_table --out report/
     python -m analysis inspect outputs/default/<date_time> --top 5
+    python -m analysis explain outputs/default/<date_time> --top 5 [--ids a,b]   # per-token, HTML
     python -m analysis wandb-workspace --entity E --project less --group main_table [--sweep DIR] [--save]
 
 A sweep's report (``<sweep>/analysis/`` unless ``--out``): table.md and table.tex (mean ± std over
@@ -125,12 +126,58 @@ def inspect(argv: list[str]) -> str:
     return text
 
 
+def explain(argv: list[str]) -> Path:
+    from less import explain as ex
+
+    p = argparse.ArgumentParser(prog="python -m analysis explain",
+                                description="Why a LESS selection picked what it picked: the top examples' scores "
+                                            "split by subtask, checkpoint and token (HTML and markdown).")
+    p.add_argument("run", help="a run directory (results.json) of a LESS selection whose inputs are in the cache")
+    p.add_argument("--top", type=int, default=5, help="the best-ranked examples to explain (default 5)")
+    p.add_argument("--ids", default="", help="comma-separated pool ids to explain as well")
+    p.add_argument("--out", help="output folder (default: <run>/explain)")
+    p.add_argument("--device", default="cpu", help="where the per-token gradients are computed (default cpu)")
+    p.add_argument("--wandb-log", action="store_true", help="also log the tables to one W&B run (job type analysis)")
+    p.add_argument("--wandb-mode", choices=("offline", "online"), help="with --wandb-log (default offline)")
+    a = p.parse_args(argv)
+    if a.top < 0 or (a.top == 0 and not a.ids):
+        p.exit(2, f"error: --top must be >= 1 (or 0 with --ids), got {a.top}\n")
+    try:
+        exps = ex.explain(a.run, a.top, [i for i in a.ids.split(",") if i], a.device)
+    except LessError as e:
+        p.exit(2, f"error: {e}\n")
+    out = Path(a.out) if a.out else Path(a.run) / "explain"
+    out.mkdir(parents=True, exist_ok=True)
+    import pandas as pd
+
+    md = ex.render_markdown(exps)
+    (out / "explain.md").write_text(md)
+    (out / "explain.html").write_text(ex.render_html(exps, f"Why {Path(a.run).name} selected these examples"))
+    tokens = pd.DataFrame(ex.token_rows(exps))
+    tokens.to_csv(out / "tokens.csv", index=False)
+    print(md)
+    print(f"{len(exps)} examples -> {out / 'explain.html'}, {out / 'explain.md'}, {out / 'tokens.csv'}")
+    if a.wandb_log:
+        from analysis import wandb_log
+
+        examples = pd.DataFrame([{"rank": e.rank, "id": e.id, "source": e.source, "score": e.score,
+                                  "subtask": e.subtask, "momentum": e.momentum, "recomputed": e.recomputed}
+                                 for e in exps])
+        df = pd.DataFrame({"path": [str(Path(a.run))]})
+        tracker = wandb_log.log(out, df, a.run, {"explain_examples": examples, "explain_tokens": tokens}, [],
+                                {"run": str(a.run), "top": a.top, "ids": a.ids}, a.wandb_mode)
+        print(f"W&B: analysis run {tracker.id} ({tracker.mode}) in {tracker.url or tracker.dir}")
+    return out
+
+
 def main(argv: list[str] | None = None):
     import sys
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["inspect"]:
         return inspect(argv[1:])
+    if argv[:1] == ["explain"]:
+        return explain(argv[1:])
     if argv[:1] == ["wandb-workspace"]:
         from analysis.workspace import main as workspace
 

@@ -8,7 +8,7 @@ fails the test, so a new module is placed on purpose):
 1. library: data, gradients, selection, evaluation, models, training, tracking, results, the
    config resolvers and help, analysis;
 2. stages: the graph, its stages and the config checks;
-3. runner: the walk and what reads its outcome (ranks, plan, report, lineage);
+3. runner: the walk and what reads its outcome (ranks, plan, report, lineage, explain);
 4. entry points: the command lines and the Python API.
 """
 
@@ -26,7 +26,7 @@ LAYERS = {
         "less.tracking", "less.results", "less.small_model", "less.sp_tokenizer", "less.checkpoints",
         "less.claims", "less.rekey", "less.help", "less.resolvers", "analysis"],
     2: ["less.graph", "less.stages", "less.validate"],
-    3: ["less.runner", "less.ranks", "less.plan", "less.report", "less.lineage"],
+    3: ["less.runner", "less.ranks", "less.plan", "less.report", "less.lineage", "less.explain"],
     4: ["less.cli", "less.api", "less.cache_cli", "less.small_model.__main__", "analysis.__main__"],
 }
 PREFIXES = {p: layer for layer, ps in LAYERS.items() for p in ps}
