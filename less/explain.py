@@ -58,7 +58,8 @@ class Explanation:
     recomputed: float = 0.0     # momentum + sum of contributions: the score recomputed in float32
 
     def top_tokens(self, n: int = 5, sign: int = 1) -> list[tuple[str, float]]:
-        pairs = [(t, c) for t, c, lab in zip(self.tokens, self.contribution, self.labelled) if lab]
+        """The ``n`` labelled tokens adding most (``sign`` 1) or taking away most (-1)."""
+        pairs = [(t, c) for t, c, lab in zip(self.tokens, self.contribution, self.labelled) if lab and sign * c > 0]
         return sorted(pairs, key=lambda p: -sign * p[1])[:n]
 
 
