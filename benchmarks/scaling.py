@@ -106,20 +106,19 @@ def selection(sizes, d: Path, quick: bool) -> list[dict]:
     for rows in sizes:
         dims = ["--dim", "64", "--grad-dim", "256"] if quick else ["--dim", "4096", "--grad-dim", "8192"]
         folder = d / f"select_{rows}"
+        records = folder.with_suffix(".json")
         proc = subprocess.run([sys.executable, str(HERE / "select_methods.py"), "--rows", str(rows), *dims,
-                               "--dir", str(folder), "--methods", ",".join(methods)],
+                               "--dir", str(folder), "--methods", ",".join(methods), "--json", str(records)],
                               capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         if proc.returncode:
             raise SystemExit(f"select_methods.py --rows {rows} failed:\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}")
-        for line in proc.stdout.splitlines():
-            f = line.split()
-            if f and f[0] in methods:
-                if f[1] == "failed":
-                    print(f"  {f[0]} at {rows}: {line}")
-                    continue
-                out.append({"curve": f"select: {f[0]}", "size": rows, "seconds": float(f[2]),
-                            "peak_gib": float(f[4]), "fixed": "4096-dim representations, d=8192 datastore"
-                            if not quick else "quick shapes"})
+        for r in json.loads(records.read_text()):
+            if "failed" in r:
+                print(f"  {r['method']} at {rows}: failed (exit {r['failed']})")
+                continue
+            out.append({"curve": f"select: {r['method']}", "size": rows, "seconds": r["score_s"],
+                        "peak_gib": r["peak_rss_gib"],
+                        "fixed": "quick shapes" if quick else "4096-dim representations, d=8192 datastore"})
         print(f"selection methods at {rows:,} rows: done", flush=True)
         if not quick and rows < max(sizes):
             subprocess.run(["rm", "-rf", str(folder)])

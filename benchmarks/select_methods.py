@@ -4,7 +4,7 @@ method's config from ``conf/selection/<name>.yaml`` composed as ``run.py`` would
 ``registry.get(name).score(Request(...))`` and the select stage's ranking sort).
 
     python benchmarks/select_methods.py [--rows 270000] [--dim 4096] [--dir /tmp/less-select-bench]
-                                        [--methods rds,kcenter] [--grad-dim 8192]
+                                        [--methods rds,kcenter] [--grad-dim 8192] [--json out.json]
 
 The data is written once under ``--dir`` (by a child process) and reused:
 
@@ -216,6 +216,7 @@ def main() -> None:
     p.add_argument("--grad-dim", type=int, default=8192, help="LESS datastore dim (0: skip less)")
     p.add_argument("--dir", default=None, help="data folder (default /tmp/less-select-bench-<rows>x<dim>)")
     p.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
+    p.add_argument("--json", default=None, help="also write one record per method to this JSON file")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--make", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -246,6 +247,7 @@ def main() -> None:
     if not a.grad_dim and "less" in methods:
         methods.remove("less")
     print(f"{'method':<10} {'load s':>7} {'score s':>8} {'RSS after load':>15} {'peak RSS':>9}   (GiB)")
+    records = []
     for name in methods:
         proc = subprocess.Popen([*me, "--child", name], cwd=ROOT, stdout=subprocess.PIPE, env=env)
         out = proc.stdout.read()
@@ -254,10 +256,14 @@ def main() -> None:
         peak = usage.ru_maxrss / 2**20  # KiB -> GiB
         if proc.returncode:
             print(f"{name:<10} failed (exit {proc.returncode}), peak RSS {peak:.2f} GiB")
+            records.append({"method": name, "failed": proc.returncode, "peak_rss_gib": peak})
             continue
         r = json.loads(out.decode().strip().splitlines()[-1])
+        records.append({**r, "peak_rss_gib": peak})
         print(f"{name:<10} {r['load_s']:>7.1f} {r['score_s']:>8.2f} {r['rss_after_load_gib']:>15.2f} "
               f"{peak:>9.2f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(records, indent=1))
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ def token_terms(ex, enc, row: int, target: np.ndarray, k: int, normalize: bool =
     import torch.nn.functional as F
 
     from less.data.formats import IGNORE_INDEX
+    from less.gradients.adam import mapping_terms
     from less.gradients.features import pad_batch
 
     model, device = ex.model, ex.device
@@ -93,22 +94,15 @@ def token_terms(ex, enc, row: int, target: np.ndarray, k: int, normalize: bool =
     model.zero_grad(set_to_none=True)
     G = torch.stack(grads)  # (tokens, P): sums to the example's gradient
     g = G.sum(0)
-    bias = None
-    if ex.mv is not None:
-        m = torch.cat([x[0] for x in ex.mv])
-        v = torch.cat([x[1] for x in ex.mv])
-        if ex.mapping == "precond":
-            scale = 1 / torch.sqrt(v + ex.eps)
-        else:
-            b1, b2 = ex.betas
-            denom = torch.sqrt(b2 * v + (1 - b2) * g * g + ex.eps)
-            scale, bias = (1 - b1) / denom, b1 * m / denom
-        G = G * scale
+    m = torch.cat([x[0] for x in ex.mv]) if ex.mv is not None else None
+    v = torch.cat([x[1] for x in ex.mv]) if ex.mv is not None else None
+    scale, bias = mapping_terms(g, m, v, ex.mapping, ex.betas, ex.eps)
+    G = G * scale
     proj = []
     for s in range(0, len(G), TOKEN_CHUNK):
-        proj.append(ex._project(G[s: s + TOKEN_CHUNK])[:, :k])
+        proj.append(ex.project(G[s: s + TOKEN_CHUNK])[:, :k])
     Ft = torch.cat(proj).double()
-    fb = ex._project(bias[None])[0, :k].double() if bias is not None else torch.zeros(k, dtype=torch.float64,
+    fb = ex.project(bias[None])[0, :k].double() if bias is not None else torch.zeros(k, dtype=torch.float64,
                                                                                        device=Ft.device)
     f = Ft.sum(0) + fb
     norm = f.norm() if normalize else torch.tensor(float(np.sqrt(k)), dtype=torch.float64)
@@ -145,7 +139,7 @@ def explain(run: str | Path, top: int = 5, ids: list[str] | None = None, device:
 
     from less.runner import Runner
     from less.selection.inspect import _pool, select_dir, subtask_scores
-    from less.stages.features import SplitFeatures, _checkpoints_dir
+    from less.stages.features import SplitFeatures, checkpoints_dir
     from less.stages.model import source
 
     if top < 0:
@@ -180,9 +174,9 @@ def explain(run: str | Path, top: int = 5, ids: list[str] | None = None, device:
     ctx._device = torch.device(device)
     with tempfile.TemporaryDirectory() as work:
         sf = SplitFeatures(cfg, ctx.selector, source(ctx, inputs, "selector"), ctx._device,
-                           _checkpoints_dir(ctx, inputs), inputs["examples"].dir / "pool.jsonl", "pool", Path(work))
+                           checkpoints_dir(ctx, inputs), inputs["examples"].dir / "pool.jsonl", "pool", Path(work))
     row_of = {i: n for n, i in enumerate(sf.enc.ids)}
-    sub = subtask_scores(select)
+    sub = subtask_scores(select, all_rows=False)  # only the K rows asked for are scored, below
     sub_row = {i: n for n, i in enumerate(sub.ids)}
     pool = _pool(select)
     k = int(info["proj_dim"])
@@ -191,15 +185,17 @@ def explain(run: str | Path, top: int = 5, ids: list[str] | None = None, device:
     out: list[Explanation] = []
     for i in wanted:
         j = sub_row[i]
-        col = int(np.argmax(sub.scores[j])) if sub.reduce == "max" else None
-        if col is None:
+        if sub.reduce != "max":
             raise DataError("selection.subtask_reduce=mean: per-token explanations explain one subtask's score; "
                             "rerun with the default (max)")
-        byc = sub.by_checkpoint(j)[:, col]
+        terms = sub.by_checkpoint(j)  # (checkpoints, subtasks)
+        per_sub = terms.sum(0)
+        col = int(np.argmax(per_sub))
+        byc = terms[:, col]
         out.append(Explanation(
             id=i, rank=rank_of.get(i), source=pool[i].get("dataset"),
-            score=float(scores[j]) if scores is not None else float(sub.overall()[j]), subtask=sub.subtasks[col],
-            by_subtask={s: float(v) for s, v in zip(sub.subtasks, sub.scores[j])},
+            score=float(scores[j]) if scores is not None else float(per_sub[col]), subtask=sub.subtasks[col],
+            by_subtask={s: float(v) for s, v in zip(sub.subtasks, per_sub)},
             by_checkpoint={c: float(v) for c, v in zip(sub.checkpoints, byc)}))
     tok = sf.tok
     for e in out:
@@ -211,7 +207,7 @@ def explain(run: str | Path, top: int = 5, ids: list[str] | None = None, device:
     col_of = {e.id: sub.subtasks.index(e.subtask) for e in out}
     for c, term in zip(sub.checkpoints, sub.terms):
         ck = next(x for x in sf.ckpts if x["epoch"] == c)
-        model, ex = sf._extractor(sf.warmup_dir / ck["dir"])
+        model, ex = sf.extractor(sf.warmup_dir / ck["dir"])
         try:
             for e in out:
                 per, mom, _ = token_terms(ex, sf.enc, row_of[e.id], term[:, col_of[e.id]], k, normalize)

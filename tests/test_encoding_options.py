@@ -91,3 +91,24 @@ def test_ekfac_factors_change_with_the_pools_encoding_only(tmp_path):
     dval = keys([*base, "datastore.encoding.answer_prefix=false"], tmp_path / "c")
     assert before["ekfac_factors"] != pool["ekfac_factors"] and before["influence"] != pool["influence"]
     assert before["ekfac_factors"] == dval["ekfac_factors"] and before["influence"] != dval["influence"]
+
+
+def test_the_options_under_the_tokenizers_chat_template(tiny_tokenizer):
+    """chat_format=tokenizer: eos_label=false ends each labelled span before the template's EOS,
+    turns=last labels only the last turn, answer_prefix=false drops D_val's prefix."""
+    from copy import deepcopy
+
+    tok = deepcopy(tiny_tokenizer)
+    tok.chat_template = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}"
+                         "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}"
+                         "{% if add_generation_prompt %}[assistant] {% endif %}")
+
+    def spans(encoding):
+        ids, labels = encode_example(CHAT, tok, None, True, chat_format="tokenizer", encoding=encoding)
+        return labelled(tok, ids, labels)
+
+    assert spans(Encoding()) == "Red.</s>Blue.</s>"
+    assert spans(Encoding(eos_label=False)) == "Red.Blue."
+    assert spans(Encoding(turns="last")) == "Blue.</s>"
+    ids, _ = encode_example(DVAL, tok, None, False, chat_format="tokenizer", encoding=Encoding(answer_prefix=False))
+    assert "The answer is:" not in tok.decode(ids)

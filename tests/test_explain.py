@@ -70,7 +70,7 @@ def test_token_contributions_sum_to_the_score_and_each_is_its_tokens_gradient_al
         G = 0.1 * G / D
     elif mapping == "precond":
         G = G / torch.sqrt(torch.cat([x[1] for x in ex.mv]) + 1e-8)
-    f = ex._project(torch.cat([G, (0.9 * m / D)[None]]) if mapping == "adam" else G)[:, :64].double()
+    f = ex.project(torch.cat([G, (0.9 * m / D)[None]]) if mapping == "adam" else G)[:, :64].double()
     norm = f.sum(0).norm()
     brute = (f[: len(where)] @ torch.tensor(target)) / norm
     np.testing.assert_allclose(per[[p + 1 for p in where]], brute.numpy(), rtol=1e-3, atol=1e-6)

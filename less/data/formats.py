@@ -347,9 +347,10 @@ def encode_example(example: dict[str, Any], tokenizer, max_length: int | None,
     ``encoding`` varies the reference's choices (:class:`Encoding`): the training rule's EOS label
     and labelled turns, the D_val rule's answer prefix.
     """
-    if chat_format == "tokenizer" and "messages" in example:
-        ids, labels = _encode_template(example, tokenizer, completion_eos, encoding)
-    elif not completion_eos:
+    if chat_format == "tokenizer" and "messages" in example:  # spans end before the EOS without eos_label
+        return _truncated(_encode_template(example, tokenizer, completion_eos and encoding.eos_label, encoding),
+                          max_length, truncation)
+    if not completion_eos:
         prompt, completion = dval_parts(example, encoding.answer_prefix)
         ids, labels = _encode_prompt_completion(prompt, prompt + completion, tokenizer)
     elif "messages" in example:
@@ -360,7 +361,11 @@ def encode_example(example: dict[str, Any], tokenizer, max_length: int | None,
         ids, labels = _encode_prompt_completion(example["prompt"], tulu_text(example, tokenizer.eos_token), tokenizer)
     if completion_eos and not encoding.eos_label:
         labels = _unlabel_eos(ids, labels, tokenizer.eos_token_id)
-    return (ids, labels) if max_length is None else truncate(ids, labels, max_length, truncation)
+    return _truncated((ids, labels), max_length, truncation)
+
+
+def _truncated(encoded: tuple[list[int], list[int]], max_length: int | None, side: str) -> tuple[list[int], list[int]]:
+    return encoded if max_length is None else truncate(*encoded, max_length, side)
 
 
 def encode_examples(examples: list[dict[str, Any]], tokenizer, max_length: int,

@@ -52,6 +52,23 @@ def adam_direction(g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
     return (beta1 * m + (1 - beta1) * g) / torch.sqrt(beta2 * v + (1 - beta2) * g * g + eps)
 
 
+def mapping_terms(g: torch.Tensor, m: torch.Tensor | None, v: torch.Tensor | None, mapping: str = "adam",
+                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+                  ) -> tuple[torch.Tensor | float, torch.Tensor | None]:
+    """The feature map at gradient ``g`` as ``offset + scale * g`` with its denominator held at ``g``:
+    Adam's direction has scale (1 - b1) / D(g) and offset b1 m / D(g), D(g) = sqrt(b2 v + (1 - b2) g^2
+    + eps) (the same value as :func:`adam_direction` up to rounding); ``precond`` has scale
+    1 / sqrt(v + eps) and no offset; no moments (``sgd``): scale 1, no offset. Linear in g for a fixed
+    denominator, so a sum of gradients (an example's tokens) maps term by term (less.explain)."""
+    if m is None or v is None:
+        return 1.0, None
+    if mapping == "precond":
+        return 1 / torch.sqrt(v + eps), None
+    b1, b2 = betas
+    denom = torch.sqrt(b2 * v + (1 - b2) * g * g + eps)
+    return (1 - b1) / denom, b1 * m / denom
+
+
 def second_moment_preconditioned(g: torch.Tensor, v: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """g / sqrt(v + eps): the gradient scaled by the checkpoint's Adam second moment, the same for
     pool and target (TrackStar's optimizer correction; eps inside the root as in ``adam_direction``,

@@ -92,7 +92,8 @@ class FeatureExtractor:
         self.grads.run(*pad_batch(enc, idx, self.pad_id, self.device), on_grad=store)
         return buf
 
-    def _project(self, flat: torch.Tensor) -> torch.Tensor:
+    def project(self, flat: torch.Tensor) -> torch.Tensor:
+        """(n, total) mapped gradients -> (n, dmax) unscaled features (linear; flat without projection)."""
         if self.projector is None:
             return flat
         out = torch.zeros((flat.shape[0], self.dims[-1]), device=self.device)
@@ -109,7 +110,7 @@ class FeatureExtractor:
             pending_idx.extend(idx)
             pending.append(self._flat(enc, idx))
             if len(pending_idx) >= self.projection_batch or b is batches[-1]:
-                yield pending_idx, self._project(torch.cat(pending)).cpu()
+                yield pending_idx, self.project(torch.cat(pending)).cpu()
                 pending_idx, pending = [], []
 
     def unscaled(self, enc: Encoded, rows: list[int]) -> torch.Tensor:

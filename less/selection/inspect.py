@@ -107,9 +107,10 @@ class SubtaskScores:
         return np.stack([np.asarray(x[row: row + 1], np.float32)[0] @ t for x, t in zip(self.pool, self.terms)])
 
 
-def subtask_scores(select: Path) -> SubtaskScores:
+def subtask_scores(select: Path, all_rows: bool = True) -> SubtaskScores:
     """Recompute a LESS selection's per-subtask scores from its datastore, with the dimension,
-    checkpoints and weights its ``selection.json`` records."""
+    checkpoints and weights its ``selection.json`` records. ``all_rows=False`` leaves ``scores``
+    empty (no pass over the pool): a few rows' come from :meth:`SubtaskScores.by_checkpoint`."""
     from less.gradients.store import FeatureArray, read_manifest
     from less.selection.scoring import subtask_groups, subtask_score_chunks
 
@@ -135,8 +136,8 @@ def subtask_scores(select: Path) -> SubtaskScores:
     subtasks = [subtask_of[t] for t in target_ids]
     groups = subtask_groups(subtasks)
     target = [np.asarray(t) for t in target_x]
-    scores = np.empty((len(pool_ids), len(groups)), dtype=np.float32)
-    for start, stop, per_sub in subtask_score_chunks(pool_x, target, weights, subtasks):
+    scores = np.empty((len(pool_ids) if all_rows else 0, len(groups)), dtype=np.float32)
+    for start, stop, per_sub in (subtask_score_chunks(pool_x, target, weights, subtasks) if all_rows else ()):
         scores[start:stop] = per_sub
     terms = [np.float32(w) * np.stack([np.asarray(t, np.float32)[ix].mean(0) for ix in groups.values()], 1)
              for w, t in zip(weights, target)]

@@ -158,7 +158,7 @@ class SplitFeatures:
                             break
                         try:
                             if ex is None:
-                                model, ex = self._extractor(self.warmup_dir / c["dir"])
+                                model, ex = self.extractor(self.warmup_dir / c["dir"])
                                 if self.dims is None:  # every rank may write it: atomically
                                     tmp = self.work / f".flat_dim.{uuid.uuid4().hex}.tmp"
                                     tmp.write_text(str(ex.total))
@@ -200,7 +200,8 @@ class SplitFeatures:
             shutil.rmtree(self.work, ignore_errors=True)
             claims.lock.unlink(missing_ok=True)
 
-    def _extractor(self, ckpt_dir: Path):
+    def extractor(self, ckpt_dir: Path):
+        """(model with the checkpoint's adapter, its FeatureExtractor: moments, mapping, projection)."""
         import torch
         from peft import PeftModel
 
@@ -257,7 +258,7 @@ class SplitFeatures:
             "checkpoints": entries})
 
 
-def _checkpoints_dir(ctx: Context, inputs: Inputs) -> Path:
+def checkpoints_dir(ctx: Context, inputs: Inputs) -> Path:
     return external_warmup_dir(ctx.cfg.datastore) or inputs["checkpoints"].dir
 
 
@@ -265,7 +266,7 @@ def _work(split: str):
     def work(ctx: Context, inputs: Inputs, work_dir: Path) -> SplitFeatures:
         ds = ctx.cfg.datastore
         sf = SplitFeatures(ctx.cfg, ctx.selector, source(ctx, inputs, "selector"), ctx.device,
-                           _checkpoints_dir(ctx, inputs), inputs["examples"].dir / f"{split}.jsonl", split, work_dir)
+                           checkpoints_dir(ctx, inputs), inputs["examples"].dir / f"{split}.jsonl", split, work_dir)
         shard, num_shards = (ds.shard, ds.num_shards) if split == "pool" else (0, 1)
         # the ranks of a torchrun job split this job's chunks; then wait for each other
         mine = distributed.subshard(shard, num_shards) if split == "pool" else (0, 1)
@@ -291,8 +292,9 @@ def _config(split: str):
             spec.pop("target_truncation")
         elif spec.get("gradient_type") != "precond":  # plain target gradients whatever the pool's
             spec.pop("gradient_type")
-        if encoding_spec(ds, split):
-            spec["encoding"] = encoding_spec(ds, split)
+        encoding = encoding_spec(ds, split)
+        if encoding:
+            spec["encoding"] = encoding
         return {"split": split, "selector": model_spec(ctx.selector), "chat_format": ctx.cfg.chat_format,
                 "datastore": spec, "external_warmup": external_warmup_spec(ds) if ds.warmup_dir else None}
     return config
