@@ -25,7 +25,7 @@ from less import distributed
 from less.cache import to_plain, write_json_atomic
 from less.claims import Claims, uncovered
 from less.checkpoints import CHECKPOINT_META, external_warmup_dir, external_warmup_spec, warmup_checkpoints
-from less.data.formats import REFERENCE_ENCODING, Encoding, encode_examples, read_examples, write_jsonl
+from less.data.formats import REFERENCE_ENCODING, Encoded, Encoding, encode_examples, read_examples, write_jsonl
 from less.errors import ConfigError, DataError
 from less.graph import Context, Inputs, Stage
 from less.models import load_model, load_tokenizer, model_spec
@@ -70,6 +70,18 @@ def encoding_spec(ds: DictConfig, split: str) -> dict[str, Any]:
     return {k: getattr(e, k) for k, s in ENCODING_SPLIT.items() if s == split and getattr(e, k) != getattr(ref, k)}
 
 
+def encode_split(examples: list[dict[str, Any]], tok, cfg: DictConfig, split: str, path: Path) -> Encoded:
+    """A split's examples encoded for their gradients (features, EK-FAC): D_val completions carry no
+    EOS (as in LESS) and are cut by ``datastore.target_truncation``; pool examples are encoded as in
+    training, cut on the right; ``datastore.encoding`` applies. None left with a label: an error."""
+    ds = cfg.datastore
+    enc = encode_examples(examples, tok, ds.max_length, completion_eos=split == "pool", chat_format=cfg.chat_format,
+                          truncation="right" if split == "pool" else ds.target_truncation, encoding=encoding_of(ds))
+    if not len(enc):
+        raise DataError(f"{path}: no example has a labelled token ({dict(enc.dropped)})")
+    return enc
+
+
 def projection_dims(ds: DictConfig) -> list[int] | None:
     """Sorted projection dims, or None for ``datastore.projection=none`` (flat features)."""
     if isinstance(ds.projection, str):
@@ -97,13 +109,7 @@ class SplitFeatures:
         self.gtype = self.ds.gradient_type if split == "pool" or self.ds.gradient_type == "precond" else "sgd"
         self.tok = load_tokenizer(selector_cfg, selector_src)
         self.examples = read_examples(examples_path)
-        # D_val completions carry no EOS (as in LESS); pool examples are encoded as in training
-        self.enc = encode_examples(self.examples, self.tok, self.ds.max_length, completion_eos=split == "pool",
-                                   chat_format=cfg.chat_format,
-                                   truncation="right" if split == "pool" else self.ds.target_truncation,
-                                   encoding=encoding_of(self.ds))
-        if not len(self.enc):
-            raise DataError(f"{examples_path}: no example has a labelled token ({dict(self.enc.dropped)})")
+        self.enc = encode_split(self.examples, self.tok, cfg, split, examples_path)
         self.ckpts = warmup_checkpoints(warmup_dir, self.ds)
         self.dims = projection_dims(self.ds)
         self.info: dict[str, Any] = {}

@@ -21,11 +21,11 @@ import numpy as np
 
 from less.cache import to_plain, write_json_atomic
 from less.checkpoints import external_warmup_dir, external_warmup_spec, last_checkpoint
-from less.data.formats import encode_examples, read_examples, write_jsonl
-from less.errors import ConfigError, DataError
+from less.data.formats import read_examples, write_jsonl
+from less.errors import ConfigError
 from less.graph import Context, Inputs, Stage
 from less.models import load_model, load_tokenizer, model_spec
-from less.stages.features import encoding_of, encoding_spec
+from less.stages.features import encode_split, encoding_spec
 from less.stages.model import source
 
 
@@ -49,15 +49,8 @@ def _encoding(ctx: Context, splits: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _encode(ctx: Context, tok, inputs: Inputs, split: str):
-    ds = ctx.cfg.datastore
     path = inputs[split].dir / f"{split}.jsonl"
-    enc = encode_examples(read_examples(path), tok, ds.max_length, completion_eos=split == "pool",
-                          chat_format=ctx.cfg.chat_format,
-                          truncation="right" if split == "pool" else ds.target_truncation,
-                          encoding=encoding_of(ds))
-    if not len(enc):
-        raise DataError(f"{path}: no example has a labelled token ({dict(enc.dropped)})")
-    return enc
+    return encode_split(read_examples(path), tok, ctx.cfg, split, path)
 
 
 def _selector(ctx: Context, inputs: Inputs):
