@@ -12,8 +12,11 @@
 A sweep's report (``<sweep>/analysis/`` unless ``--out``): table.md and table.tex (mean ± std over
 seeds, and "Δ vs random" columns where runs list per-example results: the paired difference on the
 same examples with its 95% bootstrap interval, * where it excludes 0), paired.csv (every paired Δ),
-the plots; for a sweep with ``validate`` results also lds.csv (lds_by_task.csv), selection_curve.csv
-and their plots lds.png and selection_curve.<task>.png. ``--wandb-log`` logs all of it to one W&B
+the plots, correlates.csv (each run's Spearman correlations of the score with response length,
+labelled tokens and loss, and its top source); for a sweep with ``validate`` results also lds.csv
+(lds_by_task.csv), selection_curve.csv and their plots lds.png and selection_curve.<task>.png; for
+a planted sweep (``experiment=planted``) planted.csv and planted.png (precision@k per method and
+rendering against the base rate). ``--wandb-log`` logs all of it to one W&B
 run (job type ``analysis``, the sweep's group and project; offline unless ``--wandb-mode online``).
 ``wandb-workspace`` builds the W&B workspace of a group (written as JSON; ``--save`` saves it).
 """
@@ -24,8 +27,9 @@ import argparse
 from pathlib import Path
 
 from analysis.collect import load, load_wandb
+from analysis.diagnostics import correlates_table, planted_table
 from analysis.paired import compare
-from analysis.plots import all_plots, validation_plots
+from analysis.plots import all_plots, diagnostic_plots, validation_plots
 from analysis.tables import latex, markdown, resolve_by, resolve_metrics, table
 from analysis.validation import lds_by_task, lds_table, selection_curve
 from less.errors import LessError
@@ -65,6 +69,7 @@ def report(argv: list[str] | None) -> Path:
     try:
         comparison = compare(df, a.reference, a.bootstrap_seed, metrics)
         lds, lds_tasks, curve = lds_table(df), lds_by_task(df), selection_curve(df, comparison)
+        correlates, planted = correlates_table(df), planted_table(df)
     except LessError as e:  # runs paired on different examples, LDS that disagree, an absent --reference
         p.exit(2, f"error: {e}\n")
     out = Path(a.out) if a.out else (Path(a.sweep) / "analysis" if a.sweep else Path("analysis_wandb"))
@@ -72,7 +77,8 @@ def report(argv: list[str] | None) -> Path:
     md = markdown(df, metrics, by, comparison)
     (out / "table.md").write_text(md)
     (out / "table.tex").write_text(latex(df, metrics, by, comparison))
-    tables = {"paired": comparison.csv(), "lds": lds, "lds_by_task": lds_tasks, "selection_curve": curve}
+    tables = {"paired": comparison.csv(), "lds": lds, "lds_by_task": lds_tasks, "selection_curve": curve,
+              "correlates": correlates, "planted": planted}
     written = [out / "table.md", out / "table.tex"]
     for name, t in tables.items():
         if name == "paired" and comparison.rows.empty and not (out / "paired.csv").exists():
@@ -81,7 +87,7 @@ def report(argv: list[str] | None) -> Path:
             continue
         t.to_csv(out / f"{name}.csv", index=False)
         written.append(out / f"{name}.csv")
-    plots = all_plots(df, out, metrics, by) + validation_plots(out, lds, curve)
+    plots = all_plots(df, out, metrics, by) + validation_plots(out, lds, curve) + diagnostic_plots(out, planted)
     print(md)
     print(f"{len(df)} runs -> {', '.join(str(w) for w in written)}, {len(plots)} plots: "
           + ", ".join(p.name for p in plots))

@@ -251,3 +251,38 @@ def validation_plots(out: Path, lds: pd.DataFrame, curve: pd.DataFrame) -> list[
     made = [(lds_figure(lds), "lds.png")]
     made += [(selection_curve_figure(curve, t), f"selection_curve.{t}.png") for t in dict.fromkeys(curve["task"])]
     return [_save(fig, out / name) for fig, name in made if fig is not None]
+
+
+def planted_figure(planted: pd.DataFrame) -> Figure | None:
+    """Precision@k per method (planted.csv) with its 95% bootstrap interval, one series per
+    rendering, the base rate dotted."""
+    if planted.empty:
+        return None
+    methods = list(dict.fromkeys(planted.sort_values("precision", ascending=False, kind="stable")["method"]))
+    renderings = list(dict.fromkeys(planted["rendering"]))
+    fig, ax = plt.subplots(figsize=(3 + 0.55 * len(methods), 3.8))
+    width = 0.8 / len(renderings)
+    for j, r in enumerate(renderings):
+        d = planted[planted["rendering"] == r].drop_duplicates("method").set_index("method").reindex(methods)
+        x = np.arange(len(methods)) + (j - (len(renderings) - 1) / 2) * width
+        y = d["precision"].to_numpy(float)
+        yerr = [np.nan_to_num(np.clip(y - d["ci_low"].to_numpy(float), 0, None)),
+                np.nan_to_num(np.clip(d["ci_high"].to_numpy(float) - y, 0, None))]
+        ax.errorbar(x, y, yerr=yerr, fmt="o", capsize=3, label=f"rendering: {r}")
+    for b in sorted(set(planted["base_rate"].round(6))):
+        ax.axhline(b, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=7)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_ylabel("precision@k (k = planted)")
+    ks = ", ".join(sorted({fmt_value(v) for v in planted["k"]}))
+    ax.set_title(f"Planted test items recovered (k = {ks}); dotted: base rate\n"
+                 "error bars: 95% bootstrap interval over the top k", fontsize=7)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def diagnostic_plots(out: Path, planted: pd.DataFrame) -> list[Path]:
+    """``planted.png`` for a sweep with planted items (each run draws its own correlates.png)."""
+    out.mkdir(parents=True, exist_ok=True)
+    fig = planted_figure(planted)
+    return [] if fig is None else [_save(fig, out / "planted.png")]

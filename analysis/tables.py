@@ -22,7 +22,7 @@ import pandas as pd
 
 from analysis.collect import config_columns, is_bookkeeping
 
-PERCENT = ("acc", "acc_norm", "exact_match", "em", "f1", "jaccard_vs_less")
+PERCENT = ("acc", "acc_norm", "exact_match", "em", "f1", "jaccard_vs_less", "precision")
 EVAL_METRIC = re.compile(r"^eval\.([^.]+)\.([^.]+)$")
 TARGET_LOSS = "target_loss"  # mean token cross-entropy of the reference answers (lower is better)
 
@@ -67,7 +67,7 @@ def label(col: str) -> str:
 def headline_metrics(df: pd.DataFrame) -> list[str]:
     """Per eval task its first metric that is neither a stderr nor the target loss (lm-eval's
     order: the task's main one), then its ``target_loss`` when some run has one; then
-    ``selection.target_share`` when some run has it."""
+    ``selection.target_share`` and ``selection.planted.precision`` where some run has them."""
     first: dict[str, str] = {}
     loss: dict[str, str] = {}
     for c in df.columns:
@@ -79,8 +79,9 @@ def headline_metrics(df: pd.DataFrame) -> list[str]:
         else:
             first.setdefault(m[1], c)
     cols = [c for task in dict.fromkeys([*first, *loss]) for c in (first.get(task), loss.get(task)) if c]
-    if "selection.target_share" in df and df["selection.target_share"].notna().any():
-        cols.append("selection.target_share")
+    for c in ("selection.target_share", "selection.planted.precision"):
+        if c in df and df[c].notna().any():
+            cols.append(c)
     return cols
 
 

@@ -43,8 +43,9 @@ def record(r: Runner, name: str, art: Artifact | None, seconds: float) -> None:
     if art is None:  # nothing to point at until the other shards are done
         rec.pop("dir", None), rec.pop("key", None)
         rec.update(complete=False, **{k: v for k, v in r.incomplete[name].items() if k not in ("reason", "stage")})
-    elif rec.get("complete") is not False:
-        rec.update(dir=str(art.dir), key=art.key)  # the step's last stage (graph order) names it
+    elif rec.get("complete") is not False and (name == s.step or s.step not in r.got):
+        # the step's own stage names it (select, not the correlates that follow it), else its last one
+        rec.update(dir=str(art.dir), key=art.key)
 
 
 def _warnings_in(part: Any) -> list[str]:

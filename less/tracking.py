@@ -218,6 +218,9 @@ class NullTracker:
     def histogram(self, key: str, values: np.ndarray) -> None:
         pass
 
+    def image(self, key: str, path: Path) -> None:
+        pass
+
     def artifact(self, name: str, kind: str, metadata: dict[str, Any], files: list[Path] = (),
                  dirs: list[Path] = (), use: bool = False) -> None:
         """Log an artifact (``use=False``: made by this run) or declare one as this run's input."""
@@ -298,6 +301,9 @@ class WandbTracker(NullTracker):
 
     def histogram(self, key: str, values: np.ndarray) -> None:
         self.run.log({key: self._wandb.Histogram(np.asarray(values, dtype=np.float64))})
+
+    def image(self, key: str, path: Path) -> None:
+        self.run.log({key: self._wandb.Image(str(path))})
 
     def artifact(self, name: str, kind: str, metadata: dict[str, Any], files: list[Path] = (),
                  dirs: list[Path] = (), use: bool = False) -> None:

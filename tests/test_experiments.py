@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import CONF, compose, linked_cache, ok, run_cli, run_pipeline
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if not p.stem.startswith("_"))
-DEFAULT_SCALE = {"validate"}  # experiments named for the embedded default (their issue's command), twins _small and _paper
+DEFAULT_SCALE = {"validate", "planted"}  # experiments named for the embedded default (their issue's command), twins _small and _paper
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

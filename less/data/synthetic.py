@@ -166,16 +166,19 @@ def make_target(n_per_subtask: int, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
+def eval_questions(n: int, seed: int) -> list[tuple[str, str, list[str]]]:
+    """The target's held-out test questions: (question, color, the four listed words), in templates
+    the pool and D_val never use."""
+    rng = random.Random(f"eval-{seed}")
+    return [_color(rng, 4, EVAL_TEMPLATES) for _ in range(n)]
+
+
 def make_eval_mc(n: int, seed: int) -> list[dict[str, Any]]:
     """Held-out multiple-choice questions for the lm-eval task: templates the pool never uses, four
     listed words, the choices being those four words in the pool's answer format."""
-    rng = random.Random(f"eval-{seed}")
-    rows = []
-    for i in range(n):
-        q, color, words = _color(rng, 4, EVAL_TEMPLATES)
-        rows.append({"id": f"eval_{i}", "subtask": "four_words", "prompt": f"<|user|>\n{q}\n<|assistant|>\n",
-                     "choices": [f"Answer: {w}." for w in words], "label": words.index(color)})
-    return rows
+    return [{"id": f"eval_{i}", "subtask": "four_words", "prompt": f"<|user|>\n{q}\n<|assistant|>\n",
+             "choices": [f"Answer: {w}." for w in words], "label": words.index(color)}
+            for i, (q, color, words) in enumerate(eval_questions(n, seed))]
 
 
 def pretraining_corpus(n_per_skill: int, seed: int) -> list[str]:

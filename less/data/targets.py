@@ -62,12 +62,17 @@ def mmlu(root: Path, n_per_subject: int = 5) -> list[Example]:
         for i, row in enumerate(rows):
             if len(row) != 6:
                 raise DataError(f"{f}:{i + 1}: expected question, 4 choices and an answer, got {len(row)} fields")
-            # " ".join-with-leading-space, as the reference's format_subject: "about  abstract algebra."
-            text = ("The following are multiple choice questions (with answers) about {}.\n\n"
-                    .format("".join(" " + w for w in subject.split("_"))))
-            text += row[0] + "".join(f"\n{c}. {row[j + 1]}" for j, c in enumerate("ABCD")) + "\nAnswer:"
-            out.append(_example(f"mmlu_{subject}_{i}", subject, text, "The answer is:", " " + row[5].strip()))
+            out.append(_example(f"mmlu_{subject}_{i}", subject, mmlu_user(subject, row), "The answer is:",
+                                " " + row[5].strip()))
     return out
+
+
+def mmlu_user(subject: str, row: list[str]) -> str:
+    """The user turn of an MMLU question as D_val asks it (question, lettered choices, "Answer:")."""
+    # " ".join-with-leading-space, as the reference's format_subject: "about  abstract algebra."
+    text = ("The following are multiple choice questions (with answers) about {}.\n\n"
+            .format("".join(" " + w for w in subject.split("_"))))
+    return text + row[0] + "".join(f"\n{c}. {row[j + 1]}" for j, c in enumerate("ABCD")) + "\nAnswer:"
 
 
 def tydiqa(root: Path) -> list[Example]:

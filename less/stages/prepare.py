@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from less.cache import write_json_atomic
-from less.data import sources
+from less.data import planted, sources
 from less.data.kinds import POOLS, TARGETS
 from less.data.formats import write_jsonl
 from less.graph import Context, Inputs, Stage
@@ -16,6 +16,8 @@ from less.graph import Context, Inputs, Stage
 
 def build_pool(ctx: Context, inputs: Inputs, out: Path) -> None:
     pool = sources.load_pool(ctx.cfg.pool, ctx.cfg.data)
+    if planted.spec(ctx.cfg) is not None:  # held-out target items in the pool (plant.*)
+        pool = planted.plant(pool, ctx.cfg)
     write_jsonl(out / "pool.jsonl", pool)
     write_json_atomic(out / "pool.json", {"n": len(pool), "by_source": sources.counts(pool, "dataset")})
 
@@ -46,10 +48,20 @@ def target_summary(r: dict[str, Any]) -> list[str]:
     return [f"target: {d['name']}, {d['n']} examples in {len(d['by_subtask'])} subtasks{_dropped(d)}"]
 
 
+def pool_config(ctx: Context) -> dict[str, Any]:
+    """The pool's source, and what is planted in it (only when something is: plant.n > 0)."""
+    spec, plant = sources.pool_spec(ctx.cfg.pool, ctx.cfg.data), planted.spec(ctx.cfg)
+    return {**spec, "plant": plant} if plant is not None else spec
+
+
+def check_pool(cfg) -> None:
+    POOLS.get(cfg.pool.kind).check(cfg.pool)
+    planted.check(cfg)
+
+
 POOL = Stage(
     "pool", step="prepare", build=build_pool, wandb_type="dataset", wandb_files=("pool.json",), summary=pool_summary,
-    config=lambda ctx: sources.pool_spec(ctx.cfg.pool, ctx.cfg.data),
-    check=lambda cfg: POOLS.get(cfg.pool.kind).check(cfg.pool),
+    config=pool_config, check=check_pool,
     report=lambda ctx, art: {"data": {"pool": json.loads((art.dir / "pool.json").read_text())}})
 
 TARGET = Stage(

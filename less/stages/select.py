@@ -16,7 +16,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from less.cache import to_plain, write_json_atomic
-from less.data import sources
+from less.data import planted, sources
 from less.data.formats import read_examples, write_jsonl
 from less.errors import require
 from less.graph import Context, Inputs, Stage
@@ -81,6 +81,20 @@ def skill_shares(ctx: Context, select_dir: Path) -> dict[str, Any]:
     return {"target_skill": skill, "target_share": share(selected), "base_share": share(rows)}
 
 
+def planted_recovery(ctx: Context, select_dir: Path, n_selected: int) -> dict[str, Any]:
+    """Precision@k of the ranking for the held-out items planted in the pool (less.data.planted),
+    when the pool has them."""
+    pool = ctx.artifact("pool")
+    if not pool.cached:
+        return {}
+    ids = {str(r["id"]) for r in read_examples(pool.dir / "pool.jsonl") if r.get("planted")}
+    if not ids:
+        return {}
+    with open(select_dir / "ranking.csv", newline="") as fh:
+        ranked = [r["id"] for r in csv.DictReader(fh)]
+    return {"planted": {"rendering": OmegaConf.select(ctx.cfg, "plant.rendering"), **planted.recovery(ranked, ids, n_selected)}}
+
+
 def jaccard_vs_less(ctx: Context, select_dir: Path) -> float | None:
     """Overlap of this selection with the default LESS selection of the same configuration (same
     fraction / k; Adam, normalised features where the method fixes its own, as ``selection=trak``
@@ -110,7 +124,8 @@ def report(ctx: Context, art) -> dict[str, Any]:
     stats = json.loads((d / "selection.json").read_text())
     if "warnings" not in stats:  # built before selection.json had them
         stats["warnings"] = k_warnings(ctx.cfg.selection.k, stats["n_ranked"]) if stats["n_selected"] == stats["n_ranked"] else []
-    return {"selection": {**stats, **skill_shares(ctx, d), "ranking": str(d / "ranking.csv"),
+    return {"selection": {**stats, **skill_shares(ctx, d), **planted_recovery(ctx, d, stats["n_selected"]),
+                          "ranking": str(d / "ranking.csv"),
                           "selected": str(d / "selected.jsonl"), "jaccard_vs_less": jaccard_vs_less(ctx, d)}}
 
 
@@ -126,6 +141,11 @@ def summary(r: dict[str, Any]) -> list[str]:
         ratio = sel["target_share"] / sel["base_share"] if sel["base_share"] else float("nan")
         lines.append(f"target skill '{sel['target_skill']}': {sel['target_share']:.1%} of the selection"
                      f" vs {sel['base_share']:.1%} of the pool ({ratio:.1f}x)")
+    p = sel.get("planted")
+    if p:
+        lines.append(f"planted ({p['rendering']}): {p['hits']} of the top {p['k']} are planted test items, precision "
+                     f"{p['precision']:.2f} [{p['ci_low']:.2f}, {p['ci_high']:.2f}] vs base rate {p['base_rate']:.3f} "
+                     f"({p['lift']:.1f}x); {p['in_selection']} in the selection of {p['n_selected']}")
     return lines
 
 
@@ -133,6 +153,11 @@ def track(ctx: Context, art, reported: dict[str, Any], tracker) -> None:
     d = art.dir
     stats = reported["selection"]
     tracker.summary({f"selection/{k}": v for k, v in stats.items() if isinstance(v, (int, float, str)) or v is None})
+    if stats.get("planted"):
+        p = stats["planted"]
+        tracker.summary({"selection/planted_precision": p["precision"], "selection/planted_ci_low": p["ci_low"],
+                         "selection/planted_ci_high": p["ci_high"], "selection/planted_base_rate": p["base_rate"],
+                         "selection/planted_lift": p["lift"], "selection/planted_rendering": p["rendering"]})
     tracker.table("selection/by_source", ["source", "n"], [[k, v] for k, v in stats["by_source"].items()])
     tracker.histogram("selection/scores", np.load(d / "scores.npy"))
     with open(d / "ranking.csv") as fh:
