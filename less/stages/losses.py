@@ -7,7 +7,8 @@ checkpoints (gradient features, EK-FAC, representations taken with the warmup mo
 without (random, BM25, ...) reports no loss correlate rather than training a warmup for it.
 
 Artifact: ``losses.npy`` (float32, pool rows in encoded order), ``ids.jsonl``, ``losses.json``
-(the checkpoint's directory name, what the encoding dropped).
+(the checkpoint's directory name, what the encoding dropped, the tokens read). Its cost in the
+run's accounting: 2 N per token.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from less.checkpoints import external_warmup_dir, external_warmup_spec, last_che
 from less.data.formats import read_examples, write_jsonl
 from less.graph import Context, Inputs, Stage
 from less.models import load_model, load_tokenizer, model_spec
+from less.results import Cost
 from less.stages.features import encode_split, encoding_spec
 from less.stages.model import source
 
@@ -97,7 +99,8 @@ def build(ctx: Context, inputs: Inputs, out: Path) -> None:
                                 "pool losses")
     np.save(out / "losses.npy", losses)
     write_jsonl(out / "ids.jsonl", [{"id": i} for i in enc.ids])
-    write_json_atomic(out / "losses.json", {"checkpoint": ckpt.name, "n": len(enc), "dropped": dict(enc.dropped)})
+    write_json_atomic(out / "losses.json", {"checkpoint": ckpt.name, "n": len(enc), "dropped": dict(enc.dropped),
+                                            "n_tokens": sum(map(len, enc.input_ids))})
 
 
 def read(d: Path) -> dict[str, float]:
@@ -106,5 +109,13 @@ def read(d: Path) -> dict[str, float]:
     return {str(i): float(x) for i, x in zip(ids, np.load(d / "losses.npy"))}
 
 
+def cost(ctx: Context, art) -> Cost:
+    """2 N per token (one forward pass); before it is built, on the pool's estimated tokens."""
+    from less.stages.token_counts import pool_tokens_estimate
+
+    tokens = json.loads((art.dir / "losses.json").read_text())["n_tokens"] if art is not None else pool_tokens_estimate(ctx)
+    return Cost("selector", 2, tokens, 1)
+
+
 POOL_LOSSES = Stage("pool_losses", kind="losses", step="select", build=build, applies=applies, inputs=inputs,
-                    config=config)
+                    config=config, cost=cost)
