@@ -120,3 +120,7 @@ def test_a_method_without_warmup_reports_no_loss_correlate_and_says_why(shared_c
     assert sp["labelled_tokens"]["n"] == 600 and sp["labelled_tokens"]["rho"] is not None
     assert "pool_losses" not in res["artifacts"] and "warmup" not in res["artifacts"]
     assert res["stages"]["select"]["dir"] == res["artifacts"]["select"]["dir"]  # the step names the selection
+    again = run_pipeline(["selection=random", "stages=[prepare,select]"], shared_cache, tmp_path / "again")
+    assert again["stages"]["select"]["cached"] and again["artifacts"]["correlates"]["cached"]
+    assert again["selection"]["n_selected"] == res["selection"]["n_selected"]  # the selection's own report, cached
+    assert again["selection"]["correlates"] == {**res["selection"]["correlates"]}

@@ -69,8 +69,9 @@ def scores_by_id(select_dir: Path) -> dict[str, float]:
 def build(ctx: Context, inputs: Inputs, out: Path) -> None:
     from less.stages import losses as pool_losses
 
+    select = ctx.artifact("select")  # built before this stage by the same step (graph order)
     pool = read_examples(inputs["pool"].dir / "pool.jsonl")
-    scores = scores_by_id(inputs["select"].dir)
+    scores = scores_by_id(select.dir)
     tok = load_tokenizer(ctx.selector, source(ctx, inputs, "selector"))
     enc = encode_split(pool, tok, ctx.cfg, "pool", inputs["pool"].dir / "pool.jsonl")
     values: dict[str, dict[str, float]] = {
@@ -86,7 +87,7 @@ def build(ctx: Context, inputs: Inputs, out: Path) -> None:
     if "losses" not in inputs:
         spear["loss"] = {"rho": None, "ci_low": None, "ci_high": None, "n": 0,
                          "reason": f"selection={ctx.method.name} uses no warmup checkpoint in this run"}
-    selected = [json.loads(line)["id"] for line in open(inputs["select"].dir / "selected.jsonl")]
+    selected = [json.loads(line)["id"] for line in open(select.dir / "selected.jsonl")]
     by_id = {str(r["id"]): r for r in pool}
     in_pool, in_sel = sources.counts(pool, "dataset"), sources.counts([by_id[str(i)] for i in selected], "dataset")
     shares = {s: {"pool": n / len(pool), "selection": in_sel.get(s, 0) / max(1, len(selected))}
@@ -136,12 +137,16 @@ def _plot(path: Path, scores, values, selected: set[str], spear, shares, method:
 
 
 def inputs(ctx: Context) -> dict[str, str]:
-    return {"pool": "pool", "select": "select", "selector": "selector", "losses": "pool_losses"}
+    # the selection is read from where this run's select artifact is, and named in the key by its
+    # key (config): as a declared input it would be made only as this stage's input, and a cached
+    # correlates artifact would leave the run without the selection's own report
+    return {"pool": "pool", "selector": "selector", "losses": "pool_losses"}
 
 
 def config(ctx: Context) -> dict[str, Any]:
     ds = ctx.cfg.datastore
-    spec = {"selector": model_spec(ctx.selector), "chat_format": ctx.cfg.chat_format, "max_length": ds.max_length}
+    spec = {"select": ctx.artifact("select").key, "selector": model_spec(ctx.selector),
+            "chat_format": ctx.cfg.chat_format, "max_length": ds.max_length}
     encoding = encoding_spec(ds, "pool")
     return {**spec, "encoding": encoding} if encoding else spec
 
