@@ -83,7 +83,7 @@ def test_the_same_data_at_another_path_has_the_same_keys_and_no_path_enters_a_ke
 
 
 CHANGED = {  # file under data.root -> stages whose key changes with it (model=small, target=mmlu, pool=less_mix)
-    "mmlu/dev/anatomy_dev.csv": {"target", "target_features", "datastore", "select", "train", "eval",
+    "mmlu/dev/anatomy_dev.csv": {"target", "target_features", "datastore", "select", "correlates", "train", "eval",
                                  "validation_subsets", "lds"},  # the subsets are evaluated as eval is (demos from dev)
     "mmlu/test/anatomy_test.csv": {"eval", "validation_subsets", "lds"},  # their target loss, hence each LDS
     "README.md": set(),
@@ -146,7 +146,7 @@ def test_editing_a_pool_file_rebuilds_exactly_the_stages_that_read_it(shared_cac
         fh.write(json.dumps({"instruction": "Say more.", "context": "", "response": "more"}) + "\n")
     edited = run_pipeline(run, shared_cache, tmp_path / "o4")
     built = {n for n, a in edited["artifacts"].items() if not a["cached"]}
-    assert built == {"pool", "select", "token_counts"} and edited["selection"]["n_ranked"] == 41
+    assert built == {"pool", "select", "correlates", "token_counts"} and edited["selection"]["n_ranked"] == 41
 
 
 def _age(cache: Path, real_paths: dict[str, Path]) -> dict[str, str]:
