@@ -255,7 +255,7 @@ def validation_plots(out: Path, lds: pd.DataFrame, curve: pd.DataFrame) -> list[
 
 def planted_figure(planted: pd.DataFrame) -> Figure | None:
     """Precision@k per method (planted.csv) with its 95% bootstrap interval, one series per
-    rendering, the base rate dotted."""
+    rendering and one point per run (several runs of a method side by side), the base rate dotted."""
     if planted.empty:
         return None
     methods = list(dict.fromkeys(planted.sort_values("precision", ascending=False, kind="stable")["method"]))
@@ -263,8 +263,13 @@ def planted_figure(planted: pd.DataFrame) -> Figure | None:
     fig, ax = plt.subplots(figsize=(3 + 0.55 * len(methods), 3.8))
     width = 0.8 / len(renderings)
     for j, r in enumerate(renderings):
-        d = planted[planted["rendering"] == r].drop_duplicates("method").set_index("method").reindex(methods)
-        x = np.arange(len(methods)) + (j - (len(renderings) - 1) / 2) * width
+        d = planted[planted["rendering"] == r]
+        pos = {m: i for i, m in enumerate(methods)}
+        # every run its own point (several runs of a method: other seeds or settings, side by side)
+        nth = d.groupby("method", sort=False).cumcount().to_numpy()
+        many = d.groupby("method", sort=False)["method"].transform("size").to_numpy()
+        x = (np.array([pos[m] for m in d["method"]]) + (j - (len(renderings) - 1) / 2) * width
+             + (nth - (many - 1) / 2) * width / np.maximum(many, 1) * 0.8)
         y = d["precision"].to_numpy(float)
         yerr = [np.nan_to_num(np.clip(y - d["ci_low"].to_numpy(float), 0, None)),
                 np.nan_to_num(np.clip(d["ci_high"].to_numpy(float) - y, 0, None))]

@@ -63,7 +63,7 @@ def test_response_length_counts_assistant_turns_or_the_completion():
     conv = {"messages": [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": " abc "},
                          {"role": "user", "content": "more"}, {"role": "assistant", "content": "de"}]}
     assert response_chars(conv) == 5
-    assert response_chars({"prompt": "q", "completion": " xyz"}) == 4
+    assert response_chars({"prompt": "q", "completion": " xyz "}) == 3  # stripped, as the turns are
 
 
 def test_a_run_reports_its_correlates_and_the_losses_are_the_models_own(default_run, tiny_model_cfg):
@@ -105,12 +105,24 @@ def test_a_run_reports_its_correlates_and_the_losses_are_the_models_own(default_
 
     # the reported rhos, recomputed from the selection's scores and values derived here
     scores = scores_by_id(Path(res["artifacts"]["select"]["dir"]))
+    with open(Path(res["artifacts"]["select"]["dir"]) / "ranking.csv", newline="") as fh:
+        for r in csv.DictReader(fh):  # ranking.csv prints 8 significant digits
+            assert scores[r["id"]] == pytest.approx(float(r["score"]), rel=1e-7)
     counts = {i: sum(t != IGNORE_INDEX for t in lab[1:]) for i, lab in zip(enc.ids, enc.labels)}
     chars = {str(r["id"]): len(r["messages"][-1]["content"].strip()) for r in pool}  # single-turn pool
     for name, v in (("labelled_tokens", counts), ("loss", losses), ("response_chars", chars)):
         ids = sorted(v)
         assert c["spearman"][name]["rho"] == pytest.approx(
             spearmanr([scores[i] for i in ids], [v[i] for i in ids]).statistic, abs=1e-9), name
+
+
+def test_the_loss_correlate_can_be_turned_off(default_run, shared_cache, tmp_path):
+    res = run_pipeline(["correlates.loss=false", "stages=[prepare,warmup,datastore,select]"], shared_cache,
+                       tmp_path / "out")
+    assert "pool_losses" not in res["artifacts"]
+    assert res["selection"]["correlates"]["spearman"]["loss"]["reason"] == "correlates.loss=false"
+    assert res["selection"]["correlates"]["spearman"]["labelled_tokens"] == \
+        default_run[1]["selection"]["correlates"]["spearman"]["labelled_tokens"]
 
 
 def test_a_method_without_warmup_reports_no_loss_correlate_and_says_why(shared_cache, tmp_path):

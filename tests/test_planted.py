@@ -46,6 +46,20 @@ def test_planting_inserts_test_items_and_keeps_the_pool_in_order():
     assert [r["source_id"] for r in other if r.get("planted")] != [r["source_id"] for r in planted]
 
 
+def test_nothing_planted_leaves_the_pool_key_and_planting_keys_only_what_it_reads(tmp_path):
+    from less.runner import Runner
+
+    def key(*over):
+        return Runner(compose([f"cache_dir={tmp_path}", "logger=none", *over], hydra=False), tmp_path,
+                      check=False).lookup("pool").key
+
+    plain = key()
+    assert key("plant.n=0", "plant.rendering=chat", "plant.seed=3") == plain
+    assert len({plain, key("plant.n=5"), key("plant.n=5", "plant.rendering=chat"), key("plant.n=5", "plant.seed=1"),
+                key("plant.n=5", "target.n_eval=80")}) == 5
+    assert key("plant.n=5", "target.n_per_subtask=3") == key("plant.n=5")  # D_val's size is not what is planted
+
+
 def test_the_draw_takes_subtasks_in_turn_and_stops_at_the_test_split():
     items = [Item(f"{s}{i}", s, "u", "", "c", "q", "a") for s in "abc" for i in range(4)]
     got = sample(items, 7, 0)
@@ -89,6 +103,7 @@ def test_precision_at_k_against_a_count_by_hand():
     assert got["ci_low"] == pytest.approx(np.quantile(means, 0.025))
     unranked = recovery(ranked[1:], {"p1", "p2", "p3"}, n_selected=4)  # p1 dropped: ranked last
     assert unranked["hits"] == 1 and unranked["mean_rank_percentile"] == pytest.approx((9 + 1 + 4) / 3 / 9)
+    assert unranked["base_rate"] == pytest.approx(2 / 9)  # the planted share of what was ranked
 
 
 @pytest.mark.parametrize("over, says", [
@@ -115,7 +130,7 @@ def test_the_planted_experiment_on_the_embedded_default(shared_cache, tmp_path):
     (measured 20 of the top 30; base rate 30/555), the plain chat rendering is not (measured 0);
     results.json, the summary and the analysis table say so."""
     from analysis.collect import load
-    from analysis.diagnostics import planted_table
+    from analysis.diagnostics import correlates_table, planted_table
 
     over = [NO_COLOR, "plant.n=30", "stages=[prepare,warmup,datastore,select]"]
     dval = run_pipeline([*over, "selection=less"], shared_cache, tmp_path / "sweep" / "0")
@@ -124,8 +139,14 @@ def test_the_planted_experiment_on_the_embedded_default(shared_cache, tmp_path):
     assert p["rendering"] == "dval" and p["k"] == 30 and p["base_rate"] == pytest.approx(30 / 555)
     assert p["precision"] >= 0.5 and p["ci_low"] > p["base_rate"], p
     assert q["precision"] <= 0.2 and q["mean_rank_percentile"] > 0.5, q
+    assert isinstance(p["in_warmup"], int) and dval["selection"]["target_skill"] == "color"
+    assert dval["selection"]["target_share"] == p["in_selection"] / p["n_selected"]  # planted rows carry the skill
     assert dval["selection"]["correlates"]["sources"]["planted"]["pool"] == pytest.approx(30 / 555)
     ranked = [line.split(",")[1] for line in open(dval["selection"]["ranking"]).read().splitlines()[1:31]]
     assert p["hits"] == sum(i.startswith("planted_") for i in ranked)
-    table = planted_table(load(tmp_path / "sweep"))
+    df = load(tmp_path / "sweep")
+    table = planted_table(df)
     assert list(table["rendering"]) == ["chat", "dval"] and list(table["hits"]) == [q["hits"], p["hits"]]
+    corr = correlates_table(df)
+    assert list(corr["rho_loss"]) == [r["selection"]["correlates"]["spearman"]["loss"]["rho"] for r in (dval, chat)]
+    assert list(corr["top_source"])[0] == "planted"

@@ -96,7 +96,7 @@ def test_a_sweeps_wandb_runs(tiny_model_dir, shared_cache, tmp_path):
         for h in run["history"]:
             scalars = {k for k, v in h.items() if not k.startswith("_") and not isinstance(v, dict)
                        and "/" in k and k.split("/")[1] not in ("by_source", "scores", "top", "top_by_subtask", "metrics",
-                                                                        "sources", "correlates")}
+                                                                        "sources", "correlates_plot")}
             assert all(k.startswith(("warmup/", "train/")) for k in scalars), scalars
         task, metrics = next(iter(job["eval"].items()))
         assert run["summary"][f"eval/{task}/acc"] == metrics["acc"]
@@ -108,9 +108,9 @@ def test_a_sweeps_wandb_runs(tiny_model_dir, shared_cache, tmp_path):
         assert media.get("selection/top_by_subtask/nrows") == (10 * n_sub if job["selection"]["method"] == "less" else None)
         # what the selection correlates with: its rhos, the source shares and the plot
         corr = job["selection"]["correlates"]
-        assert run["summary"]["selection/rho_labelled_tokens"] == corr["spearman"]["labelled_tokens"]["rho"]
+        assert run["summary"]["selection/correlates/spearman/labelled_tokens/rho"] == corr["spearman"]["labelled_tokens"]["rho"]
         assert media.get("selection/sources/nrows") == len(corr["sources"])
-        assert media.get("selection/correlates/_type") == "image-file"
+        assert media.get("selection/correlates_plot/_type") == "image-file"
 
     # jaccard with the LESS selection of the same fraction reaches W&B
     for job, run in zip(jobs[2:], ordered[2:]):

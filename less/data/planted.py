@@ -25,7 +25,6 @@ from typing import Any, Callable
 import numpy as np
 from omegaconf import DictConfig
 
-from less.cache import to_plain
 from less.errors import ConfigError, DataError
 
 RENDERINGS = ("dval", "chat")
@@ -89,10 +88,11 @@ def _mmlu_reads(target_cfg: DictConfig, data_cfg: DictConfig) -> dict[str, Any]:
     return {"data": data_id(data_cfg, MMLU_TEST)}
 
 
-# target.kind -> (its held-out test items, what they are read from by content: less.identity)
+# target.kind -> (its held-out test items, what they depend on: the target settings the reader
+# uses and the files it reads, by content (less.identity); they enter the pool's key)
 HELD_OUT: dict[str, tuple[Callable[[DictConfig, DictConfig], list[Item]], Callable[[DictConfig, DictConfig], dict]]] = {
     "mmlu": (mmlu_items, _mmlu_reads),
-    "synthetic": (synthetic_items, lambda t, d: {}),
+    "synthetic": (synthetic_items, lambda t, d: {"n_eval": t.n_eval, "seed": t.seed}),
 }
 
 
@@ -126,7 +126,8 @@ def spec(cfg: DictConfig) -> dict[str, Any] | None:
     if p is None or not p.n:
         return None
     reads = HELD_OUT[cfg.target.kind][1](cfg.target, cfg.data)
-    return {"n": p.n, "rendering": p.rendering, "seed": p.seed, "target": to_plain(cfg.target), **reads}
+    return {"n": p.n, "rendering": p.rendering, "seed": p.seed, "target_kind": cfg.target.kind,
+            "skill": cfg.target.get("skill"), "reads": reads}
 
 
 def sample(items: list[Item], n: int, seed: int) -> list[Item]:
@@ -153,8 +154,10 @@ def plant(pool: list[dict[str, Any]], cfg: DictConfig) -> list[dict[str, Any]]:
     """The pool with ``plant.n`` held-out items inserted at seeded positions (its own order kept)."""
     p = cfg.plant
     items = sample(HELD_OUT[cfg.target.kind][0](cfg.target, cfg.data), p.n, p.seed)
+    skill = cfg.target.get("skill")  # the synthetic pool labels every row with its skill
     rows = [{"id": f"planted_{k}", "dataset": "planted", "planted": True, "subtask": it.subtask,
-             "source_id": it.id, "messages": render(it, p.rendering)} for k, it in enumerate(items)]
+             "source_id": it.id, **({"skill": skill} if skill else {}), "messages": render(it, p.rendering)}
+            for k, it in enumerate(items)]
     taken = {str(r["id"]) for r in pool} & {r["id"] for r in rows}
     if taken:
         raise DataError(f"plant: the pool already has id(s) {sorted(taken)[:3]}; planted rows are named planted_<k>")
@@ -177,7 +180,7 @@ def recovery(ranked: list[str], planted: set[str], n_selected: int, seed: int = 
     top = np.array([i in planted for i in ranked[:k]], dtype=np.float64)
     # a planted item the method could not rank (no labelled token) counts as ranked last
     pct = np.array([pos.get(i, len(ranked)) / max(1, len(ranked)) for i in sorted(planted)], dtype=np.float64)
-    base = k / len(ranked)
+    base = sum(i in planted for i in ranked) / len(ranked)  # what a random order of the ranked rows gives
     precision = float(top.mean())
     (lo, hi), (plo, phi) = bootstrap_mean(top, seed), bootstrap_mean(pct, seed)
     return {"n": k, "k": k, "hits": int(top.sum()), "precision": precision, "ci_low": lo, "ci_high": hi,

@@ -2,11 +2,12 @@
 method's score with each pool example's response length (characters of its assistant turns, or
 its completion), its number of labelled tokens (as the datastore encodes it for the selector:
 what the gradient's mean runs over) and its loss at the last warmup checkpoint (less.stages.losses;
-only where the run has warmup checkpoints), each with a 95% interval (Fisher's z with the
+only where the run has warmup checkpoints, and ``correlates.loss`` is on), each with a 95% interval (Fisher's z with the
 Fieller-Hartley-Pearson variance 1.06 / (n - 3)); and each source's share of the selection beside
 its share of the pool. One plot per run (``correlates.png``, linked into the run directory).
 
-results.json ``selection.correlates``; W&B ``selection/rho_*`` and the ``selection/sources`` table;
+results.json ``selection.correlates``; W&B the same under ``selection/correlates/...``, the
+``selection/sources`` table and the plot;
 ``python -m analysis`` gathers them across a sweep (``correlates.csv``).
 """
 
@@ -36,7 +37,7 @@ Z95 = 1.959963984540054
 def response_chars(row: dict[str, Any]) -> int:
     if "messages" in row:
         return sum(len(m["content"].strip()) for m in row["messages"] if m["role"] == "assistant")
-    return len(row["completion"])
+    return len(row["completion"].strip())
 
 
 def spearman_interval(x, y) -> dict[str, Any]:
@@ -69,7 +70,9 @@ def scores_by_id(select_dir: Path) -> dict[str, float]:
 def build(ctx: Context, inputs: Inputs, out: Path) -> None:
     from less.stages import losses as pool_losses
 
-    select = ctx.artifact("select")  # built before this stage by the same step (graph order)
+    select = ctx.got("select")  # got before this stage by the same step (graph order: select first)
+    if select is None:
+        raise RuntimeError("correlates: this run has no select artifact to read (select must precede it in GRAPH)")
     pool = read_examples(inputs["pool"].dir / "pool.jsonl")
     scores = scores_by_id(select.dir)
     tok = load_tokenizer(ctx.selector, source(ctx, inputs, "selector"))
@@ -82,11 +85,14 @@ def build(ctx: Context, inputs: Inputs, out: Path) -> None:
     ids = [i for i in scores if np.isfinite(scores[i])]
     spear = {}
     for name, v in values.items():
-        both = [i for i in ids if i in v]
+        both = [i for i in ids if i in v and np.isfinite(v[i])]
         spear[name] = spearman_interval([scores[i] for i in both], [v[i] for i in both])
     if "losses" not in inputs:
-        spear["loss"] = {"rho": None, "ci_low": None, "ci_high": None, "n": 0,
-                         "reason": f"selection={ctx.method.name} uses no warmup checkpoint in this run"}
+        from less.stages.losses import loss_on
+
+        reason = ("correlates.loss=false" if not loss_on(ctx.cfg)
+                  else f"selection={ctx.method.name} uses no warmup checkpoint in this run")
+        spear["loss"] = {"rho": None, "ci_low": None, "ci_high": None, "n": 0, "reason": reason}
     selected = [json.loads(line)["id"] for line in open(select.dir / "selected.jsonl")]
     by_id = {str(r["id"]): r for r in pool}
     in_pool, in_sel = sources.counts(pool, "dataset"), sources.counts([by_id[str(i)] for i in selected], "dataset")
@@ -173,11 +179,14 @@ def summary(r: dict[str, Any]) -> list[str]:
 
 
 def track(ctx: Context, art, reported: dict[str, Any], tracker) -> None:
-    c = reported["selection"]["correlates"]
-    tracker.summary({f"selection/rho_{k}": v["rho"] for k, v in c["spearman"].items()})
+    c = reported["selection"]["correlates"]  # nested keys: analysis.load_wandb reads them back as results.json's
+    tracker.summary({f"selection/correlates/spearman/{k}/{part}": v[part]
+                     for k, v in c["spearman"].items() for part in ("rho", "ci_low", "ci_high", "n")})
+    tracker.summary({f"selection/correlates/sources/{s}/{part}": v[part]
+                     for s, v in c["sources"].items() for part in ("pool", "selection")})
     tracker.table("selection/sources", ["source", "pool", "selection"],
                   [[s, v["pool"], v["selection"]] for s, v in c["sources"].items()])
-    tracker.image("selection/correlates", art.dir / "correlates.png")
+    tracker.image("selection/correlates_plot", art.dir / "correlates.png")
 
 
 CORRELATES = Stage("correlates", step="select", build=build, inputs=inputs, config=config, report=report,

@@ -3,8 +3,10 @@ LoRA for the no-warmup ablation, or ``datastore.warmup_dir``'s last checkpoint),
 correlates of a selection (less.stages.correlates). Forward passes only, in token-budget batches,
 over the pool encoded as the datastore encodes it, so each loss is the mean token cross-entropy over
 exactly the labelled tokens whose gradient the features took. Applies when the run has warmup
-checkpoints (gradient features, EK-FAC, representations taken with the warmup model); a run
-without (random, BM25, ...) reports no loss correlate rather than training a warmup for it.
+checkpoints (gradient features, EK-FAC, representations taken with the warmup model) and
+``correlates.loss`` is on; a run without (random, BM25, ...) reports no loss correlate rather than
+training a warmup for it. At scale it is one forward pass of the selector over the pool, on rank 0
+of the select job: ``correlates.loss=false`` turns it off (``_paper`` presets do).
 
 Artifact: ``losses.npy`` (float32, pool rows in encoded order), ``ids.jsonl``, ``losses.json``
 (the checkpoint's directory name, what the encoding dropped, the tokens read). Its cost in the
@@ -41,12 +43,19 @@ def checkpoints_input(ctx: Context) -> str | None:
     return "warmup" if representations.uses_warmup(ctx) or influence.uses_warmup(ctx) else None
 
 
+def loss_on(cfg) -> bool:
+    """``correlates.loss`` (true where a run's saved config predates the setting)."""
+    c = cfg.get("correlates")
+    return True if c is None else bool(c.loss)
+
+
 def applies(ctx: Context) -> bool:
     from less.stages import representations
 
     uses_model = ctx.method.needs in ("gradients", "influence") or (
         representations.applies(ctx) and representations.options(ctx)["model"] == "warmup")
-    return uses_model and (checkpoints_input(ctx) is not None or bool(ctx.cfg.datastore.warmup_dir))
+    return loss_on(ctx.cfg) and uses_model and (
+        checkpoints_input(ctx) is not None or bool(ctx.cfg.datastore.warmup_dir))
 
 
 def inputs(ctx: Context) -> dict[str, str]:

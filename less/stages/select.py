@@ -84,15 +84,21 @@ def skill_shares(ctx: Context, select_dir: Path) -> dict[str, Any]:
 def planted_recovery(ctx: Context, select_dir: Path, n_selected: int) -> dict[str, Any]:
     """Precision@k of the ranking for the held-out items planted in the pool (less.data.planted),
     when the pool has them."""
+    from less.stages.warmup import needs_warmup, warmup_indices
+
     pool = ctx.artifact("pool")
-    if not pool.cached:
+    if planted.spec(ctx.cfg) is None or not pool.cached:
         return {}
-    ids = {str(r["id"]) for r in read_examples(pool.dir / "pool.jsonl") if r.get("planted")}
-    if not ids:
-        return {}
+    rows = read_examples(pool.dir / "pool.jsonl")
+    ids = {str(r["id"]) for r in rows if r.get("planted")}
     with open(select_dir / "ranking.csv", newline="") as fh:
         ranked = [r["id"] for r in csv.DictReader(fh)]
-    return {"planted": {"rendering": OmegaConf.select(ctx.cfg, "plant.rendering"), **planted.recovery(ranked, ids, n_selected)}}
+    got = {"rendering": ctx.cfg.plant.rendering, **planted.recovery(ranked, ids, n_selected)}
+    # the warmup slice is drawn from the whole pool (as the reference draws it), planted rows included
+    w = ctx.cfg.warmup
+    got["in_warmup"] = sum(str(rows[i]["id"]) in ids for i in warmup_indices(len(rows), w.fraction, w.sample_seed)) \
+        if needs_warmup(ctx) else None
+    return {"planted": got}
 
 
 def jaccard_vs_less(ctx: Context, select_dir: Path) -> float | None:
@@ -155,9 +161,7 @@ def track(ctx: Context, art, reported: dict[str, Any], tracker) -> None:
     tracker.summary({f"selection/{k}": v for k, v in stats.items() if isinstance(v, (int, float, str)) or v is None})
     if stats.get("planted"):
         p = stats["planted"]
-        tracker.summary({"selection/planted_precision": p["precision"], "selection/planted_ci_low": p["ci_low"],
-                         "selection/planted_ci_high": p["ci_high"], "selection/planted_base_rate": p["base_rate"],
-                         "selection/planted_lift": p["lift"], "selection/planted_rendering": p["rendering"]})
+        tracker.summary({f"selection/planted/{k}": v for k, v in p.items()})  # load_wandb reads them back nested
     tracker.table("selection/by_source", ["source", "n"], [[k, v] for k, v in stats["by_source"].items()])
     tracker.histogram("selection/scores", np.load(d / "scores.npy"))
     with open(d / "ranking.csv") as fh:
