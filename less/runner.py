@@ -92,11 +92,11 @@ class Runner:
         return step is None or step in self.cfg.stages
 
     def stages_of(self, step: str) -> list[str]:
-        """What a step makes: its applying stages that no other stage of the step takes as input
-        (the rest are got as inputs, only when these are not cached)."""
+        """What a step makes: its own stage (named as the step: always, so ``select`` reports even where
+        ``correlates`` after it is cached) and its applying stages no stage of the step takes as input."""
         mine = [n for n, s in self.graph.items() if s.step == step and self.applies(n)]
         used = {d for n in mine for d in self.inputs(n).values()}
-        return [n for n in mine if n not in used]
+        return [n for n in mine if n not in used or n == step]
 
     def fate(self, name: str, art: Artifact) -> str:
         """What the walk does with stage ``name`` whose artifact is ``art``: "cached" (used as it is),

@@ -70,9 +70,7 @@ def scores_by_id(select_dir: Path) -> dict[str, float]:
 def build(ctx: Context, inputs: Inputs, out: Path) -> None:
     from less.stages import losses as pool_losses
 
-    select = ctx.got("select")  # got before this stage by the same step (graph order: select first)
-    if select is None:
-        raise RuntimeError("correlates: this run has no select artifact to read (select must precede it in GRAPH)")
+    select = inputs["select"]
     pool = read_examples(inputs["pool"].dir / "pool.jsonl")
     scores = scores_by_id(select.dir)
     tok = load_tokenizer(ctx.selector, source(ctx, inputs, "selector"))
@@ -143,16 +141,12 @@ def _plot(path: Path, scores, values, selected: set[str], spear, shares, method:
 
 
 def inputs(ctx: Context) -> dict[str, str]:
-    # the selection is read from where this run's select artifact is, and named in the key by its
-    # key (config): as a declared input it would be made only as this stage's input, and a cached
-    # correlates artifact would leave the run without the selection's own report
-    return {"pool": "pool", "selector": "selector", "losses": "pool_losses"}
+    return {"pool": "pool", "select": "select", "selector": "selector", "losses": "pool_losses"}
 
 
 def config(ctx: Context) -> dict[str, Any]:
     ds = ctx.cfg.datastore
-    spec = {"select": ctx.artifact("select").key, "selector": model_spec(ctx.selector),
-            "chat_format": ctx.cfg.chat_format, "max_length": ds.max_length}
+    spec = {"selector": model_spec(ctx.selector), "chat_format": ctx.cfg.chat_format, "max_length": ds.max_length}
     encoding = encoding_spec(ds, "pool")
     return {**spec, "encoding": encoding} if encoding else spec
 
