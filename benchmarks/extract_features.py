@@ -32,7 +32,7 @@ import torch
 from less.data.formats import Encoded
 from less.gradients.adam import adam_direction
 from less.gradients.features import FeatureExtractor, pad_batch, token_budget_batches
-from less.gradients.per_example import first_predicting_position, per_example_loss
+from less.gradients.per_example import labelled_loss
 from less.gradients.projection import RademacherProjector
 
 PRESETS = {
@@ -99,10 +99,7 @@ def floor(model, enc, batches, device, pad_id=0, labelled_logits=False):
     """A plain batched forward+backward (HF's full logits); ``labelled_logits``: the logits only from
     the first position that predicts a label on, as the extraction computes them."""
     for b in batches:
-        ids, mask, labels = pad_batch(enc, b, pad_id, device)
-        start = first_predicting_position(labels) if labelled_logits else 0
-        kw = {"logits_to_keep": labels.shape[1] - start} if start else {}
-        per_example_loss(model(input_ids=ids, attention_mask=mask, **kw).logits, labels[:, start:]).sum().backward()
+        labelled_loss(model, *pad_batch(enc, b, pad_id, device), labelled_logits).sum().backward()
         model.zero_grad(set_to_none=True)
 
 
@@ -177,8 +174,7 @@ def reference_method(model, enc, moments, a, device):
         buf.clear()
 
     for i in range(len(enc)):
-        ids, mask, labels = pad_batch(enc, [i], 0, device)
-        loss = per_example_loss(model(input_ids=ids, attention_mask=mask).logits, labels).sum()
+        loss = labelled_loss(model, *pad_batch(enc, [i], 0, device), False).sum()
         g = torch.cat([x.flatten() for x in torch.autograd.grad(loss, params)])
         buf.append(adam_direction(g, m, v))
         if len(buf) == 16:

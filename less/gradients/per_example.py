@@ -48,6 +48,14 @@ def accepts_logits_to_keep(model: nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
+def labelled_loss(model: nn.Module, input_ids, attention_mask, labels, cut: bool) -> torch.Tensor:
+    """(B,) per-example mean token loss of one forward; ``cut``: the logits only from the batch's
+    first position that predicts a labelled token on (``logits_to_keep``; the model must take it)."""
+    start = first_predicting_position(labels) if cut else 0
+    kw = {"logits_to_keep": labels.shape[1] - start} if start else {}
+    return per_example_loss(model(input_ids=input_ids, attention_mask=attention_mask, **kw).logits, labels[:, start:])
+
+
 class PerExampleGradients:
     """Per-example gradients of a model's trainable parameters (all must be Linear weights).
 
@@ -104,15 +112,13 @@ class PerExampleGradients:
         self._acts.clear()
         self._seen.clear()
         self._on_grad = on_grad
-        start = first_predicting_position(labels) if self.labelled_logits else 0
-        kw = {"logits_to_keep": labels.shape[1] - start} if start else {}
         with torch.enable_grad():
             self._in_forward = True
             try:
-                logits = self.model(input_ids=input_ids, attention_mask=attention_mask, **kw).logits
+                loss = labelled_loss(self.model, input_ids, attention_mask, labels, self.labelled_logits)
             finally:
                 self._in_forward = False
-            per_example_loss(logits, labels[:, start:]).sum().backward()
+            loss.sum().backward()
         self.model.zero_grad(set_to_none=True)
         if len(self._seen) != len(self.modules):
             missing = [self.names[i] for i in range(len(self.modules)) if i not in self._seen]

@@ -77,7 +77,7 @@ def per_example_losses(model, enc, pad_id: int, device, token_budget: int, max_b
     from tqdm.auto import tqdm
 
     from less.gradients.features import pad_batch, token_budget_batches
-    from less.gradients.per_example import accepts_logits_to_keep, first_predicting_position, per_example_loss
+    from less.gradients.per_example import accepts_logits_to_keep, labelled_loss
 
     out = np.zeros(len(enc), dtype=np.float32)
     cut = accepts_logits_to_keep(model)
@@ -85,11 +85,7 @@ def per_example_losses(model, enc, pad_id: int, device, token_budget: int, max_b
     model.eval()
     with torch.no_grad(), tqdm(total=len(enc), desc=desc, unit="ex", leave=False) as bar:
         for b in batches:
-            ids, mask, labels = pad_batch(enc, b, pad_id, device)
-            start = first_predicting_position(labels) if cut else 0
-            kw = {"logits_to_keep": labels.shape[1] - start} if start else {}
-            logits = model(input_ids=ids, attention_mask=mask, **kw).logits
-            out[b] = per_example_loss(logits, labels[:, start:]).cpu().numpy()
+            out[b] = labelled_loss(model, *pad_batch(enc, b, pad_id, device), cut).cpu().numpy()
             bar.update(len(b))
     return out
 
